@@ -1,0 +1,47 @@
+"""The ``lamamba`` command line: one entry point, one sub-command per job.
+
+Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and
+``run(args) -> int | None``. Modules are imported only when their command runs (``--help`` of the
+top level imports none), so a missing optional dependency breaks only the command that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "flops": ("lamamba.flops", "parameters and GFLOPs per model and resolution, beside the paper"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamamba", description="LaMamba-Diff: train, sample, evaluate, count FLOPs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # only the chosen command's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        result = module.run(args)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"lamamba {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

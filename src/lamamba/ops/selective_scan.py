@@ -1,0 +1,243 @@
+"""The selective scan (Mamba's S6 recurrence), with mamba-ssm's ``selective_scan_fn`` argument layout.
+
+For every channel ``d``, state index ``n`` and time ``t`` (``h_{-1} = 0``)::
+
+    delta_t = softplus(delta_t + delta_bias_d)            (bias and softplus optional)
+    h_t[n]  = exp(delta_t * A[d, n]) * h_{t-1}[n] + delta_t * B_t[n] * u_t       (ZOH for A, Euler for B)
+    y_t     = sum_n C_t[n] * h_t[n] + D_d * u_t
+    out_t   = y_t * silu(z_t)                              (gate optional)
+
+Shapes: ``u, delta, z``: (batch, channels, length); ``A``: (channels, state); ``B, C``: (batch, groups,
+state, length) with channels split evenly over groups (also accepted: (batch, state, length) = one group,
+or (channels, state) = time-invariant); ``D, delta_bias``: (channels,).
+
+This module holds the pure-PyTorch reference (any device, fp32 accumulation, float64 when given
+float64) and the dispatch to the Triton kernels (``lamamba.ops.triton_scan``) on CUDA. The computation is
+wrapped in a ``torch.library`` custom op so that ``torch.compile`` sees one opaque node, the FLOP counter
+can apply the paper's counting rule, and meta tensors (shape-only tracing) work.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "reference", "triton")
+BACKEND_ENV = "LAMAMBA_SCAN_BACKEND"
+_CHUNK = 64  # reference: tokens per chunk; the recurrence inside a chunk is solved with one masked matmul
+
+
+# ------------------------------------------------------------------------------------------------
+#                                 Backend selection
+# ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _triton_available() -> bool:
+    try:
+        from lamamba.ops import triton_scan  # noqa: F401
+    except Exception as e:  # triton missing or too old: fall back with one clear warning
+        logger.warning("Triton selective scan unavailable (%s); using the PyTorch reference.", e)
+        return False
+    return True
+
+
+def scan_backend(device: torch.device) -> str:
+    """The backend used for tensors on ``device``: ``LAMAMBA_SCAN_BACKEND`` (auto|reference|triton)."""
+    wanted = os.environ.get(BACKEND_ENV, "auto").lower()
+    if wanted not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={wanted!r} is not one of {BACKENDS}")
+    if wanted == "reference":
+        return "reference"
+    if wanted == "triton":
+        if not _triton_available():
+            raise RuntimeError(f"{BACKEND_ENV}=triton but the Triton kernels cannot be imported")
+        return "triton"
+    return "triton" if device.type == "cuda" and _triton_available() else "reference"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_backend_once(device_type: str, backend: str) -> None:
+    logger.info("selective scan backend on %s: %s", device_type, backend)
+
+
+# ------------------------------------------------------------------------------------------------
+#                                 Pure-PyTorch reference
+# ------------------------------------------------------------------------------------------------
+
+def _chunked_linear_recurrence(log_a: Tensor, b: Tensor, chunk: int = _CHUNK) -> tuple[Tensor, Tensor]:
+    """Solve ``h_t = exp(log_a_t) * h_{t-1} + b_t`` (h_{-1} = 0) along the last axis.
+
+    ``log_a, b``: (..., L). Returns all states (..., L) and the last state (...). Inside a chunk of
+    ``T`` tokens, ``h = M @ b + exp(S) * h_prev`` with ``S`` the in-chunk cumulative sum of ``log_a`` and
+    ``M[t, s] = exp(S_t - S_s)`` for ``s <= t`` (masked before ``exp``, so no overflow, no NaN gradient).
+    Only ``L / T`` Python iterations, each a batched matmul.
+    """
+    L = log_a.shape[-1]
+    h_prev = torch.zeros(log_a.shape[:-1], dtype=b.dtype, device=b.device)
+    states = []
+    for start in range(0, L, chunk):
+        la, bb = log_a[..., start:start + chunk], b[..., start:start + chunk]
+        T = la.shape[-1]
+        S = la.cumsum(-1)                                             # (..., T)
+        diff = S.unsqueeze(-1) - S.unsqueeze(-2)                      # (..., T, T): S_t - S_s
+        causal = torch.ones(T, T, dtype=torch.bool, device=b.device).tril()
+        M = diff.masked_fill(~causal, float("-inf")).exp()
+        h = (M @ bb.unsqueeze(-1)).squeeze(-1) + S.exp() * h_prev.unsqueeze(-1)
+        states.append(h)
+        h_prev = h[..., -1]
+    return torch.cat(states, dim=-1), h_prev
+
+
+def _expand_groups(X: Tensor, channels: int) -> Tensor:
+    """(batch, G, N, L) -> (batch, channels, N, L) by repeating each group over its channels."""
+    groups = X.shape[1]
+    return X.repeat_interleave(channels // groups, dim=1) if groups != channels else X
+
+
+def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                             D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                             delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                             ) -> tuple[Tensor, Tensor]:
+    """Reference selective scan on normalised shapes (B, C grouped 4-D). Returns (out, last_state).
+
+    Differentiable with ordinary autograd; computes in float32 (float64 if the inputs are float64)
+    and returns ``out`` in ``u``'s dtype and ``last_state`` (batch, channels, state) in float32/64.
+    """
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    batch, channels, L = u.shape
+    u_, delta_ = u.to(dtype), delta.to(dtype)
+    if delta_bias is not None:
+        delta_ = delta_ + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta_ = F.softplus(delta_)
+    Bx = _expand_groups(B.to(dtype), channels)                                   # (b, d, N, L)
+    Cx = _expand_groups(C.to(dtype), channels)
+    log_a = delta_.unsqueeze(2) * A.to(dtype)[None, :, :, None]                   # (b, d, N, L)
+    b = (delta_ * u_).unsqueeze(2) * Bx
+    h, last = _chunked_linear_recurrence(log_a, b)
+    y = (h * Cx).sum(2)                                                          # (b, d, L)
+    if D is not None:
+        y = y + u_ * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(u.dtype), last
+
+
+# ------------------------------------------------------------------------------------------------
+#                 Custom op: one opaque node for compile, FLOP counting and meta tensors
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("lamamba::selective_scan_fwd", mutates_args=())
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+              z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool
+              ) -> tuple[Tensor, Tensor]:
+    backend = scan_backend(u.device)
+    _log_backend_once(u.device.type, backend)
+    if backend == "triton":
+        from lamamba.ops import triton_scan
+        return triton_scan.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    with torch.no_grad():
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
+
+
+@torch.library.custom_op("lamamba::selective_scan_bwd", mutates_args=())
+def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+              D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+              delta_softplus: bool) -> list[Tensor]:
+    """Triton gradients w.r.t. (u, delta, A, B, C, D, z, delta_bias); absent optionals give empty tensors."""
+    from lamamba.ops import triton_scan
+    return triton_scan.selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@_scan_bwd.register_fake
+def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return [u.new_empty(0) if x is None else torch.empty_like(x) for x in (u, delta, A, B, C, D, z, delta_bias)]
+
+
+def _reference_bwd(dout: Tensor, *inputs: Optional[Tensor], delta_softplus: bool) -> list[Optional[Tensor]]:
+    """Reference gradients: recompute the forward under autograd (outside the op, where autograd runs)."""
+    leaves = [None if x is None else x.detach().requires_grad_(True) for x in inputs]
+    with torch.enable_grad():
+        out, _ = selective_scan_reference(*leaves, delta_softplus=delta_softplus)
+        present = [x for x in leaves if x is not None]
+        grads = iter(torch.autograd.grad(out, present, dout))
+    return [None if x is None else next(grads) for x in leaves]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.delta_softplus = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1])
+    ctx.present = [x is not None for x in inputs[:-1]]
+
+
+def _backward(ctx, dout, dlast):
+    saved = ctx.saved_tensors
+    if scan_backend(dout.device) == "triton":
+        grads = _scan_bwd(dout.contiguous(), *saved, ctx.delta_softplus)
+        grads = [g if p else None for g, p in zip(grads, ctx.present)]
+    else:
+        grads = _reference_bwd(dout, *saved, delta_softplus=ctx.delta_softplus)
+    return (*grads, None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+#                                      Public API
+# ------------------------------------------------------------------------------------------------
+
+def _normalise_bc(X: Tensor, name: str, batch: int, channels: int, L: int) -> Tensor:
+    if X.dim() == 2:  # (channels, N): time-invariant, one "group" per channel
+        if X.shape[0] != channels:
+            raise ValueError(f"{name} of shape {tuple(X.shape)} must be (channels={channels}, state)")
+        return X[None, :, :, None].expand(batch, channels, X.shape[1], L)
+    if X.dim() == 3:
+        X = X.unsqueeze(1)
+    if X.dim() != 4 or X.shape[0] != batch or X.shape[-1] != L or channels % X.shape[1] != 0:
+        raise ValueError(f"{name} of shape {tuple(X.shape)} must be (batch={batch}, groups, state, "
+                         f"length={L}) with groups dividing channels={channels}")
+    return X
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False, return_last_state: bool = False):
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` signature and semantics (see module doc).
+
+    Returns ``out`` (batch, channels, length) in ``u``'s dtype, and with ``return_last_state`` also the
+    final state (batch, channels, state) in float32. Differentiable in every tensor argument.
+    The backend (Triton on CUDA, the PyTorch reference elsewhere) follows ``LAMAMBA_SCAN_BACKEND``.
+    """
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, channels, length); got {tuple(u.shape)} "
+                         f"and {tuple(delta.shape)}")
+    batch, channels, L = u.shape
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f"A must be (channels={channels}, state); got {tuple(A.shape)}")
+    B = _normalise_bc(B, "B", batch, channels, L)
+    C = _normalise_bc(C, "C", batch, channels, L)
+    if B.shape[2] != A.shape[1] or C.shape[2] != A.shape[1]:
+        raise ValueError(f"B and C state size must equal A's ({A.shape[1]})")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and v.shape != (channels,):
+            raise ValueError(f"{name} must be (channels={channels},); got {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
+    out, last = _scan_fwd(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
+                          C.contiguous(), D, None if z is None else z.contiguous(), delta_bias,
+                          bool(delta_softplus))
+    return (out, last) if return_last_state else out
