@@ -1,0 +1,114 @@
+"""Shifted-window multi-head self-attention (Swin W-MSA / SW-MSA, Liu et al. 2021) on channels-last maps.
+
+The layout helpers here are pure functions of the map size; the mask and the relative-position index
+depend only on sizes, so they are built once per size and device and cached (no per-forward host work).
+
+Window geometry (``window_geometry``): each axis uses window ``min(window, side)``; an axis whose side is
+not larger than the window is a single whole-axis window and is never shifted (the released code's rule
+for small maps, generalised to non-square maps). Maps that the window does not divide are padded
+(zeros, as Swin does) and cropped after attention.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_cache: dict[tuple, Tensor] = {}
+
+
+def window_geometry(H: int, W: int, window: int, shift: int) -> tuple[int, int, int, int]:
+    """(window_h, window_w, shift_h, shift_w) actually used on an H x W map."""
+    wh, ww = min(window, H), min(window, W)
+    sh = shift if H > window else 0
+    sw = shift if W > window else 0
+    return wh, ww, sh, sw
+
+
+def relative_position_index(wh: int, ww: int, window: int, device: torch.device | str = "cpu") -> Tensor:
+    """(wh*ww, wh*ww) index into a ((2*window-1)**2)-row bias table (Swin's relative index).
+
+    A window smaller than ``window`` (small maps) uses the subset of the full table for its offsets, so
+    the parameters do not depend on the resolution.
+    """
+    key = ("rpi", wh, ww, window, str(device))
+    if key not in _cache:
+        r, c = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        r, c = r.flatten(), c.flatten()
+        dr = r[:, None] - r[None, :] + window - 1
+        dc = c[:, None] - c[None, :] + window - 1
+        _cache[key] = (dr * (2 * window - 1) + dc).to(device)
+    return _cache[key]
+
+
+def shifted_window_mask(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int,
+                        device: torch.device | str = "cpu") -> Tensor | None:
+    """Boolean (num_windows, wh*ww, wh*ww) mask, True where attention is allowed; None if unshifted.
+
+    After the cyclic roll by (-sh, -sw), tokens that were not neighbours in the original map share a
+    window; Swin labels the 3 x 3 regions ``[0, Hp-wh), [Hp-wh, Hp-sh), [Hp-sh, Hp)`` per axis and lets
+    only tokens of the same region attend to each other.
+    """
+    if sh == 0 and sw == 0:
+        return None
+    key = ("mask", Hp, Wp, wh, ww, sh, sw, str(device))
+    if key not in _cache:
+        img = torch.zeros(Hp, Wp)
+        label = 0
+        for hs in ((0, Hp - wh), (Hp - wh, Hp - sh), (Hp - sh, Hp)) if sh else ((0, Hp),):
+            for ws in ((0, Wp - ww), (Wp - ww, Wp - sw), (Wp - sw, Wp)) if sw else ((0, Wp),):
+                img[hs[0]:hs[1], ws[0]:ws[1]] = label
+                label += 1
+        win = window_partition(img[None, :, :, None], wh, ww).squeeze(-1)          # (nW, N)
+        _cache[key] = (win[:, :, None] == win[:, None, :]).to(device)
+    return _cache[key]
+
+
+def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
+    """(B, H, W, C) -> (B * nW, wh*ww, C); windows row-major over the grid, tokens row-major inside."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, C)
+
+
+def window_reverse(windows: Tensor, wh: int, ww: int, H: int, W: int) -> Tensor:
+    """Inverse of ``window_partition``: (B * nW, wh*ww, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, proj_weight: Tensor,
+                     proj_bias: Tensor | None, bias_table: Tensor, num_heads: int, window: int,
+                     shift: int) -> Tensor:
+    """Shifted-window attention with relative position bias on a (B, H, W, C) map.
+
+    ``bias_table``: ((2*window-1)**2, heads). Attention logits are ``q k^T / sqrt(head_dim) + bias``,
+    with logits between tokens of different shifted regions removed (Swin adds -100; we mask them out
+    exactly), computed with ``scaled_dot_product_attention``.
+    """
+    B, H, W, C = x.shape
+    wh, ww, sh, sw = window_geometry(H, W, window, shift)
+    pad_h, pad_w = (-H) % wh, (-W) % ww
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    if sh or sw:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    windows = window_partition(x, wh, ww)                                             # (B*nW, N, C)
+    n_win, N = Hp // wh * (Wp // ww), wh * ww
+    qkv = F.linear(windows, qkv_weight, qkv_bias).view(B, n_win, N, 3, num_heads, C // num_heads)
+    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)                                # (B, nW, h, N, hd)
+    index = relative_position_index(wh, ww, window, x.device)
+    bias = bias_table[index.view(-1)].view(N, N, num_heads).permute(2, 0, 1)         # (h, N, N)
+    bias = bias.to(q.dtype)
+    mask = shifted_window_mask(Hp, Wp, wh, ww, sh, sw, x.device)
+    if mask is not None:                                                             # (nW, h, N, N)
+        bias = bias[None].masked_fill(~mask[:, None], float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)                    # (B, nW, h, N, hd)
+    out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, N, C)
+    out = F.linear(out, proj_weight, proj_bias)
+    x = window_reverse(out, wh, ww, Hp, Wp)
+    if sh or sw:
+        x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+    return x[:, :H, :W].contiguous() if (pad_h or pad_w) else x
