@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from lamamba.diffusion import GaussianDiffusion, create_diffusion, evenly_spaced_timesteps, get_beta_schedule, space_timesteps
+from lamamba.diffusion import (
+    GaussianDiffusion,
+    create_diffusion,
+    evenly_spaced_timesteps,
+    get_beta_schedule,
+    space_timesteps,
+)
 
 
 def test_linear_schedule_closed_form():

@@ -57,14 +57,20 @@ class GaussianDiffusion(SamplerMixin):
     numpy arrays with the names and meanings of the ADM code base.
     """
 
-    def __init__(self, betas: Sequence[float] | np.ndarray, *, learn_sigma: bool = True, timestep_map: Sequence[int] | np.ndarray | None = None):
+    def __init__(
+        self,
+        betas: Sequence[float] | np.ndarray,
+        *,
+        learn_sigma: bool = True,
+        timestep_map: Sequence[int] | np.ndarray | None = None,
+    ):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size == 0 or not np.all((betas > 0) & (betas <= 1)):
             raise ValueError("betas must be a non-empty 1-D sequence with every value in (0, 1]")
         self.betas = betas
         self.learn_sigma = bool(learn_sigma)
         self.num_timesteps = T = len(betas)
-        self.timestep_map = np.arange(T, dtype=np.int64) if timestep_map is None else np.asarray(timestep_map, dtype=np.int64)
+        self.timestep_map = np.asarray(np.arange(T) if timestep_map is None else timestep_map, dtype=np.int64)
         if self.timestep_map.shape != (T,):
             raise ValueError(f"timestep_map must have one entry per step ({T}), got shape {self.timestep_map.shape}")
 
@@ -148,7 +154,8 @@ class GaussianDiffusion(SamplerMixin):
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-        return self._extract("sqrt_alphas_cumprod", t, x0) * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        mean_coef = self._extract("sqrt_alphas_cumprod", t, x0)
+        return mean_coef * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log variance of the posterior ``q(x_{t-1} | x_t, x_0)``."""
@@ -192,9 +199,11 @@ class GaussianDiffusion(SamplerMixin):
     ) -> dict[str, Tensor]:
         eps, v = self._split_output(output, x_t)
         if v is not None:
-            # Learned range (Nichol & Dhariwal 2021, Eq. 15): log σ² = f log β_t + (1 - f) log β̃_t, f = (v + 1) / 2.
+            # Learned range (Nichol & Dhariwal 2021, Eq. 15): log σ² = f log β_t + (1 - f) log β̃_t, f = (v+1)/2.
             frac = (v + 1) / 2
-            log_variance = frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract("posterior_log_variance_clipped", t, x_t)
+            max_log = self._extract("log_betas", t, x_t)
+            min_log = self._extract("posterior_log_variance_clipped", t, x_t)
+            log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
             variance = self._extract("fixed_large_variance", t, x_t).expand_as(x_t)
@@ -210,7 +219,13 @@ class GaussianDiffusion(SamplerMixin):
                 pred_xstart = pred_xstart.clamp(-1, 1)
             eps = (sqrt_recip * x_t - pred_xstart) / sqrt_recipm1
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
-        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart, "eps": eps}
+        return {
+            "mean": mean,
+            "variance": variance,
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+            "eps": eps,
+        }
 
     # ---------------------------------------------------------------------------------------------
     # Training objective

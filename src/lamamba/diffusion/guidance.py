@@ -1,9 +1,10 @@
 """Classifier-free guidance inputs (Ho & Salimans 2022) for samplers that know nothing about guidance.
 
 The model's ``forward_with_cfg(x, t, y, cfg_scale)`` takes a doubled batch: the first half carries the
-class labels, the second half the null label ``num_classes``; it runs the network on the first half of
-``x`` duplicated, forms ``eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)`` and returns the
-output for the whole doubled batch. Sampling with guidance is therefore::
+class labels, the second half the null label ``num_classes``. It must run the network on the first half
+of ``x`` duplicated (the samplers add independent noise to the two halves, so only the first half is a
+valid x_t), form ``eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)`` and return the output for
+the whole doubled batch, guided ε in both halves. Sampling with guidance is therefore::
 
     noise = torch.randn(n, 4, 32, 32, generator=g, device=device)
     samples = diffusion.sample(
@@ -23,9 +24,9 @@ def cfg_model_kwargs(y: Tensor, num_classes: int, cfg_scale: float) -> dict[str,
     if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point():
         raise ValueError("y must be a 1-D integer tensor of class labels")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 for guidance (an unconditional model has no null label), got {num_classes}")
+        raise ValueError(f"num_classes must be >= 1 for guidance, got {num_classes}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"class labels must lie in [0, {num_classes - 1}]; {num_classes} is the null label that guidance adds")
+        raise ValueError(f"class labels must lie in [0, {num_classes - 1}] ({num_classes} is the null label)")
     return {"y": torch.cat([y, torch.full_like(y, num_classes)]), "cfg_scale": float(cfg_scale)}
 
 

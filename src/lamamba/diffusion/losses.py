@@ -18,7 +18,9 @@ def normal_kl(mean1: Tensor | float, logvar1: Tensor | float, mean2: Tensor | fl
     ref = next((a for a in (mean1, logvar1, mean2, logvar2) if isinstance(a, Tensor)), None)
     if ref is None:
         raise ValueError("normal_kl needs at least one tensor argument")
-    mean1, logvar1, mean2, logvar2 = (torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (mean1, logvar1, mean2, logvar2))
+    mean1, logvar1, mean2, logvar2 = (
+        torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in (mean1, logvar1, mean2, logvar2)
+    )
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
 
 
@@ -30,7 +32,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, *, means: Tensor, log_scales:
     ``log_scales`` is the log standard deviation. Uses the exact normal CDF.
     """
     if not x.shape == means.shape == log_scales.shape:
-        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}")
+        shapes = f"x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
+        raise ValueError(f"shapes differ: {shapes}")
     inv_std = torch.exp(-log_scales)
     centred = x - means
     upper = inv_std * (centred + 1.0 / 255.0)

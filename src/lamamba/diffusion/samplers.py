@@ -4,7 +4,8 @@ Every loop shares one signature: ``(model, shape, noise=None, *, model_kwargs, c
 denoised_fn, progress, generator, device, dtype)`` and returns the final x_0 sample. ``model`` is any
 callable ``model(x_t, t, **model_kwargs)`` that receives original (training) timesteps. Randomness
 comes only from ``noise`` (the initial x_T) and ``generator`` (which must live on the sampling
-device), so a seeded generator reproduces a run exactly.
+device), so a seeded generator reproduces a run exactly. ``dtype`` is the dtype of x_T when it is
+drawn rather than given; the device defaults to that of ``noise``, else of ``generator``, else CPU.
 
 Classifier-free guidance is the model's business, not the sampler's: pass the model's
 ``forward_with_cfg`` as ``model`` with a doubled batch built by :mod:`lamamba.diffusion.guidance`
@@ -42,7 +43,7 @@ def _initial_noise(
     """x_T: ``noise`` if given (moved to ``device``), else a standard normal draw of ``shape``."""
     if noise is not None:
         if shape is not None and tuple(shape) != tuple(noise.shape):
-            raise ValueError(f"shape {tuple(shape)} differs from noise shape {tuple(noise.shape)}; pass one or make them agree")
+            raise ValueError(f"shape {tuple(shape)} differs from noise shape {tuple(noise.shape)}: make them agree")
         return noise if device is None else noise.to(device)
     if shape is None:
         raise ValueError("give the sample shape or the initial noise")
@@ -99,7 +100,10 @@ class SamplerMixin:
         x = _initial_noise(shape, noise, generator, device, dtype)
         for i in tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"):
             t = _steps(i, x.shape[0], x.device)
-            x = self.p_sample(model, x, t, model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn, generator=generator)["sample"]
+            x = self.p_sample(
+                model, x, t, model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                generator=generator,
+            )["sample"]
         return x
 
     # ---------------------------------------------------------------------------------------------
@@ -125,7 +129,8 @@ class SamplerMixin:
         abar = self._extract("alphas_cumprod", t, x)
         abar_prev = self._extract("alphas_cumprod_prev", t, x)
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-        sample = out["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0)) * out["eps"]
+        eps_coef = torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0))
+        sample = out["pred_xstart"] * torch.sqrt(abar_prev) + eps_coef * out["eps"]
         if eta > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             sample = sample + sigma * noise  # sigma is 0 at the last step (ᾱ_prev = 1)
@@ -152,7 +157,8 @@ class SamplerMixin:
         for i in tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM"):
             t = _steps(i, x.shape[0], x.device)
             x = self.ddim_sample(
-                model, x, t, eta=eta, model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn, generator=generator
+                model, x, t, eta=eta, model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                generator=generator,
             )["sample"]
         return x
 
