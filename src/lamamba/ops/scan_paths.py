@@ -24,7 +24,7 @@ NUM_PATHS = 4
 
 @functools.lru_cache(maxsize=64)
 def _paths_cpu(H: int, W: int) -> Tensor:
-    grid = torch.arange(H * W).view(H, W)
+    grid = torch.arange(H * W, device="cpu").view(H, W)  # never under a default-device context
     rows = grid.clone()
     rows[1::2] = rows[1::2].flip(1)                      # odd rows right -> left
     path0 = rows.reshape(-1)

@@ -33,7 +33,7 @@ def relative_position_index(wh: int, ww: int, window: int, device: torch.device 
     """
     key = ("rpi", wh, ww, window, str(device))
     if key not in _cache:
-        r, c = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        r, c = torch.meshgrid(torch.arange(wh, device="cpu"), torch.arange(ww, device="cpu"), indexing="ij")
         r, c = r.flatten(), c.flatten()
         dr = r[:, None] - r[None, :] + window - 1
         dc = c[:, None] - c[None, :] + window - 1
@@ -53,7 +53,7 @@ def shifted_window_mask(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int,
         return None
     key = ("mask", Hp, Wp, wh, ww, sh, sw, str(device))
     if key not in _cache:
-        img = torch.zeros(Hp, Wp)
+        img = torch.zeros(Hp, Wp, device="cpu")
         label = 0
         for hs in ((0, Hp - wh), (Hp - wh, Hp - sh), (Hp - sh, Hp)) if sh else ((0, Hp),):
             for ws in ((0, Wp - ww), (Wp - ww, Wp - sw), (Wp - sw, Wp)) if sw else ((0, Wp),):

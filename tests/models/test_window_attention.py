@@ -1,0 +1,73 @@
+"""Window attention against a naive per-window, per-head implementation with shift and mask."""
+import math
+
+import pytest
+import torch
+
+from lamamba.ops.window_attention import window_attention
+
+
+def naive_window_attention(x, qkv_w, qkv_b, proj_w, proj_b, table, heads, window, shift):
+    B, H, W, C = x.shape
+    wh, ww = min(window, H), min(window, W)
+    sh = shift if H > window else 0
+    sw = shift if W > window else 0
+    Hp, Wp = math.ceil(H / wh) * wh, math.ceil(W / ww) * ww
+    xp = torch.zeros(B, Hp, Wp, C, dtype=x.dtype)
+    xp[:, :H, :W] = x
+    xr = torch.roll(xp, (-sh, -sw), (1, 2))
+    out = torch.zeros_like(xr)
+    hd = C // heads
+    for b in range(B):
+        for i0 in range(0, Hp, wh):
+            for j0 in range(0, Wp, ww):
+                coords = [(i, j) for i in range(i0, i0 + wh) for j in range(j0, j0 + ww)]
+                tok = torch.stack([xr[b, i, j] for i, j in coords])                  # (N, C)
+                qkv = tok @ qkv_w.T + qkv_b
+                q, k, v = qkv.split(C, -1)
+                res = []
+                for h in range(heads):
+                    sl = slice(h * hd, (h + 1) * hd)
+                    logits = q[:, sl] @ k[:, sl].T / math.sqrt(hd)
+                    for a, (ia, ja) in enumerate(coords):
+                        for c, (ic, jc) in enumerate(coords):
+                            rel = (ia - ic + window - 1) * (2 * window - 1) + (ja - jc + window - 1)
+                            logits[a, c] += table[rel, h]
+                            # after the cyclic roll, tokens from the wrapped border must not mix
+                            same = ((ia >= Hp - sh) == (ic >= Hp - sh)) and ((ja >= Wp - sw) == (jc >= Wp - sw))
+                            if not same:
+                                logits[a, c] = float("-inf")
+                    res.append(logits.softmax(-1) @ v[:, sl])
+                o = torch.cat(res, -1) @ proj_w.T + proj_b
+                for n, (i, j) in enumerate(coords):
+                    out[b, i, j] = o[n]
+    return torch.roll(out, (sh, sw), (1, 2))[:, :H, :W]
+
+
+@pytest.mark.parametrize("H,W,window,shift", [(8, 8, 4, 0), (8, 8, 4, 2), (4, 4, 8, 4), (6, 10, 4, 2),
+                                              (5, 7, 4, 2), (12, 4, 4, 2)])
+def test_matches_naive(H, W, window, shift):
+    torch.manual_seed(0)
+    C, heads = 8, 2
+    x = torch.randn(2, H, W, C, dtype=torch.float64)
+    params = [torch.randn(3 * C, C, dtype=torch.float64) * 0.3, torch.randn(3 * C, dtype=torch.float64),
+              torch.randn(C, C, dtype=torch.float64) * 0.3, torch.randn(C, dtype=torch.float64),
+              torch.randn((2 * window - 1) ** 2, heads, dtype=torch.float64)]
+    params = [p.requires_grad_(True) for p in params]
+    xg = x.clone().requires_grad_(True)
+    out = window_attention(xg, *params[:4], params[4], heads, window, shift)
+    ref = naive_window_attention(x, *[p.detach() for p in params], heads, window, shift)
+    torch.testing.assert_close(out.detach(), ref)
+    # gradients flow to the input and to every parameter, including the bias table
+    out.square().sum().backward()
+    assert xg.grad is not None and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_shift_changes_result_only_when_map_exceeds_window():
+    torch.manual_seed(0)
+    C, heads = 4, 1
+    args = [torch.randn(3 * C, C), torch.randn(3 * C), torch.randn(C, C), torch.randn(C), torch.randn(49, heads)]
+    small = torch.randn(1, 4, 4, C)
+    torch.testing.assert_close(window_attention(small, *args, heads, 4, 2), window_attention(small, *args, heads, 4, 0))
+    big = torch.randn(1, 8, 8, C)
+    assert not torch.allclose(window_attention(big, *args, heads, 4, 2), window_attention(big, *args, heads, 4, 0))
