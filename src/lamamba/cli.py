@@ -12,6 +12,10 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lamamba.train", "train a model (built-in digits demo by default; torchrun for many GPUs)"),
+    "sample": ("lamamba.sample", "sample images from a checkpoint: PNG grid, PNGs, ADM .npz"),
+    "evaluate": ("lamamba.evaluation.cli", "FID, sFID, Inception Score, precision/recall of samples"),
+    "extract-latents": ("lamamba.data.cli", "encode a dataset once through the VAE into latent shards"),
     "flops": ("lamamba.flops", "parameters and GFLOPs per model and resolution, beside the paper"),
 }
 
