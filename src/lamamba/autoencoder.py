@@ -50,8 +50,9 @@ class VAE:
         self.shift = float(shift if shift is not None else getattr(config, "shift_factor", None) or 0.0)
         self.name = name
         self.latent_channels = int(getattr(config, "latent_channels", 4))
-        # AutoencoderKL halves the resolution in every encoder block but the last.
-        self.downsample = 2 ** (len(getattr(config, "block_out_channels", (0,) * 4)) - 1)
+        # AutoencoderKL halves the resolution in every encoder block but the last (SD: 4 blocks, factor 8).
+        blocks = getattr(config, "block_out_channels", None)
+        self.downsample = 2 ** (len(blocks) - 1) if blocks else 8
 
     @property
     def device(self) -> torch.device:

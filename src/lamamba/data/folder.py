@@ -79,7 +79,8 @@ class ImageFolderDataset(Dataset):
             conditional = bool(subdirs)
         if conditional:
             if not subdirs:
-                raise ValueError(f"{str(self.root)!r} has no class sub-folders; pass conditional=False for a flat folder")
+                raise ValueError(f"{str(self.root)!r} has no class sub-folders; "
+                                 "pass conditional=False for a flat folder")
             paths, labels = [], []
             for index, name in enumerate(subdirs):
                 found = _images_below(self.root / name)

@@ -74,6 +74,47 @@ def _shard_fingerprint(path: Path) -> str | None:
         return None
 
 
+def _settings(dataset: Dataset, vae, *, flips: bool, dtype: str, shard_size: int) -> dict[str, Any]:
+    """What defines an extraction (its hash is the fingerprint); checks the images suit the VAE."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if getattr(dataset, "flip_p", 0.0):
+        raise ValueError("build the dataset with flip_p=0: extract_latents stores the mirrored latents itself")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    x0, _ = dataset[0]
+    in_channels = getattr(getattr(vae.model, "config", None), "in_channels", 3)
+    if x0.ndim != 3 or x0.shape[0] != in_channels or x0.shape[1] != x0.shape[2] or x0.shape[1] % vae.downsample:
+        raise ValueError(
+            f"the VAE needs square images ({in_channels}, S, S) with S divisible by {vae.downsample}; the dataset "
+            f"yields {tuple(x0.shape)} (grey datasets: pass channels=3)"
+        )
+    side = int(x0.shape[-1])
+    class_names = list(getattr(dataset, "class_names", []))
+    return {
+        "format": FORMAT, "vae": vae.name, "scale": vae.scale, "shift": vae.shift, "image_size": side,
+        "latent_shape": [vae.latent_channels, side // vae.downsample, side // vae.downsample], "count": len(dataset),
+        "num_classes": len(class_names), "class_names": class_names, "flips": flips, "dtype": dtype,
+        "shard_size": shard_size,
+    }
+
+
+def _encode_shard(dataset: Dataset, vae, indices: range, *, batch_size: int, num_workers: int, flips: bool,
+                  dtype: torch.dtype, bar: tqdm) -> dict[str, torch.Tensor]:
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=vae.device.type == "cuda")
+    frames = 2 if flips else 1
+    means, stds, labels = [], [], []
+    for x, y in loader:
+        x = x.to(vae.device, non_blocking=True)
+        mean, std = vae.posterior(torch.cat([x, hflip(x)]) if flips else x)  # (F * B, C, h, w)
+        means.append(mean.unflatten(0, (frames, -1)).transpose(0, 1).to(dtype).cpu())  # (B, F, C, h, w)
+        stds.append(std.unflatten(0, (frames, -1)).transpose(0, 1).to(dtype).cpu())
+        labels.append(torch.as_tensor(y, dtype=torch.int64))
+        bar.update(len(x))
+    return {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(), "labels": torch.cat(labels)}
+
+
 def extract_latents(
     dataset: Dataset,
     vae,
@@ -93,39 +134,20 @@ def extract_latents(
     """Encode every image of ``dataset`` once (and its mirror if ``flips``) into latent shards in ``out_dir``.
 
     ``dataset`` yields ``(image (3, S, S) in [-1, 1], label)`` with no random flip (build it with
-    ``flip_p=0``); ``vae`` is a ``lamamba.autoencoder.VAE``, moved to ``device`` if given. Returns
-    ``out_dir``; ``meta.json`` exists there once every shard (of every rank) is written.
+    ``flip_p=0``); ``vae`` is a ``lamamba.autoencoder.VAE``, moved to ``device`` if given. ``dtype`` is the
+    storage precision ("float16" or "float32"). Returns ``out_dir``; ``meta.json`` exists there once every
+    shard (of every rank) is written. Shards already complete from an interrupted run are kept.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be positive, got {batch_size} and {shard_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
     if overwrite and world_size > 1:
         raise ValueError("overwrite=True with several ranks would race; clear the directory first")
-    if getattr(dataset, "flip_p", 0.0):
-        raise ValueError("build the dataset with flip_p=0: extract_latents stores the mirrored latents itself")
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty")
+    settings = _settings(dataset, vae, flips=flips, dtype=dtype, shard_size=shard_size)
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     if device is not None:
         vae.model.to(device)
-    x0, _ = dataset[0]
-    in_channels = getattr(getattr(vae.model, "config", None), "in_channels", 3)
-    if x0.ndim != 3 or x0.shape[0] != in_channels or x0.shape[1] != x0.shape[2] or x0.shape[1] % vae.downsample:
-        raise ValueError(
-            f"the VAE needs square images ({in_channels}, S, S) with S divisible by {vae.downsample}; the dataset "
-            f"yields {tuple(x0.shape)} (grey datasets: pass channels=3)"
-        )
-    image_size = int(x0.shape[-1])
-    latent_shape = [vae.latent_channels, image_size // vae.downsample, image_size // vae.downsample]
-    count, class_names = len(dataset), list(getattr(dataset, "class_names", []))
-    settings = {
-        "format": FORMAT, "vae": vae.name, "scale": vae.scale, "shift": vae.shift, "image_size": image_size,
-        "latent_shape": latent_shape, "count": count, "num_classes": len(class_names), "class_names": class_names,
-        "flips": flips, "dtype": dtype, "shard_size": shard_size,
-    }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,49 +165,34 @@ def extract_latents(
             return out
         raise ValueError(f"{out} already holds a different latent set; choose another directory or overwrite")
 
-    num_shards = -(-count // shard_size)
-    mine = []
-    for k in range(rank, num_shards, world_size):
+    count = len(dataset)
+    ranges = [range(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+    pending = []
+    for k in range(rank, len(ranges), world_size):
         found = _shard_fingerprint(out / _shard_name(k))
-        if found == fingerprint:
-            continue
-        if found is not None:
+        if found is not None and found != fingerprint:
             raise ValueError(f"{out / _shard_name(k)} comes from another extraction (different settings); "
                              "choose another directory or overwrite")
-        mine.append(k)
-    done = len(range(rank, num_shards, world_size)) - len(mine)
-    if done:
-        logger.info("resuming: %d of this rank's shards are already complete", done)
+        if found is None:
+            pending.append(k)
+    if len(pending) < len(range(rank, len(ranges), world_size)):
+        logger.info("resuming %s: %d shard(s) of this rank left to encode", out, len(pending))
 
-    bar = tqdm(total=sum(min(shard_size, count - k * shard_size) for k in mine), unit="img",
-               desc="extracting latents", disable=not progress)
-    for k in mine:
-        start, stop = k * shard_size, min((k + 1) * shard_size, count)
-        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=torch.device(vae.device).type == "cuda")
-        means, stds, labels = [], [], []
-        for x, y in loader:
-            x = x.to(vae.device, non_blocking=True)
-            views = torch.cat([x, hflip(x)]) if flips else x  # (F * B, 3, S, S)
-            mean, std = vae.posterior(views)
-            f = 2 if flips else 1
-            means.append(mean.unflatten(0, (f, -1)).transpose(0, 1).to(_DTYPES[dtype]).cpu())  # (B, F, C, h, w)
-            stds.append(std.unflatten(0, (f, -1)).transpose(0, 1).to(_DTYPES[dtype]).cpu())
-            labels.append(torch.as_tensor(y, dtype=torch.int64))
-            bar.update(len(x))
-        tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(),
-                   "labels": torch.cat(labels)}
-        header = {"fingerprint": fingerprint, "start": str(start), "count": str(stop - start)}
-        _write_atomic(out / _shard_name(k), lambda p: save_file(tensors, str(p), metadata=header))
-    bar.close()
+    with tqdm(total=sum(len(ranges[k]) for k in pending), unit="img", desc="extracting latents",
+              disable=not progress) as bar:
+        for k in pending:
+            tensors = _encode_shard(dataset, vae, ranges[k], batch_size=batch_size, num_workers=num_workers,
+                                    flips=flips, dtype=_DTYPES[dtype], bar=bar)
+            header = {"fingerprint": fingerprint, "start": str(ranges[k].start), "count": str(len(ranges[k]))}
+            _write_atomic(out / _shard_name(k), lambda p: save_file(tensors, str(p), metadata=header))
 
-    if all(_shard_fingerprint(out / _shard_name(k)) == fingerprint for k in range(num_shards)):
-        shards = [{"file": _shard_name(k), "start": k * shard_size, "count": min(shard_size, count - k * shard_size)}
-                  for k in range(num_shards)]
+    # Whichever rank sees every shard finished writes the index; until then the directory is "unfinished".
+    if all(_shard_fingerprint(out / _shard_name(k)) == fingerprint for k in range(len(ranges))):
+        shards = [{"file": _shard_name(k), "start": r.start, "count": len(r)} for k, r in enumerate(ranges)]
         meta = {**settings, "fingerprint": fingerprint, "shards": shards, "dataset": repr(dataset),
                 "stored": "posterior mean and std of the scaled latent; a latent is mean + std * N(0, 1)"}
         _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-        logger.info("wrote %d latents in %d shards to %s", count, num_shards, out)
+        logger.info("wrote %d latents in %d shards to %s", count, len(ranges), out)
     return out
 
 
@@ -193,7 +200,7 @@ class LatentDataset(Dataset):
     """Latents written by ``extract_latents`` -> ``(latent (C, h, w) float32, label int64)``.
 
     Each access draws ``mean + std * eps`` (``sample=False``: the mean) of the original or, with probability
-    ``flip_p``, the mirrored image. Shards are memory-mapped lazily, per process, so DataLoader workers share
+    ``flip_p``, the mirrored image (never, for latents extracted without mirrors). Shards are memory-mapped lazily, per process, so DataLoader workers share
     the page cache instead of copies. ``image_size`` is the latent side; ``source_image_size`` the pixel side.
     """
 
@@ -288,5 +295,6 @@ class LatentDataset(Dataset):
         return z, torch.tensor(self.labels[index], dtype=torch.int64)
 
     def __repr__(self) -> str:
-        return (f"LatentDataset({str(self.root)!r}, {len(self)} latents {self.channels}x{self.image_size}x"
-                f"{self.image_size} from {self.source_image_size}px, {self.num_classes} classes, vae={self.vae_name!r})")
+        shape = f"{self.channels}x{self.image_size}x{self.image_size}"
+        return (f"LatentDataset({str(self.root)!r}, {len(self)} latents {shape} from {self.source_image_size}px, "
+                f"{self.num_classes} classes, vae={self.vae_name!r})")

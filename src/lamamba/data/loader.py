@@ -86,8 +86,9 @@ class ResumableLoader:
     """Batches of the sampler's remaining indices; iterating runs the rest of the current epoch.
 
     ``for x, y in loader`` yields the remainder of the epoch and then moves to the next one, so the usual
-    ``for epoch ...: for batch in loader`` loop works; ``state_dict()`` between batches is exact.
-    Worker random streams (flips, latent noise) derive from ``(seed, rank, epoch)``.
+    ``for epoch ...: for batch in loader`` loop works. A batch counts as consumed once it is handed out, so
+    ``state_dict()`` saved after training on it resumes with the next one. Worker random streams (flips,
+    latent noise) derive from ``(seed, rank, epoch)``.
     """
 
     def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, **loader_kwargs: Any) -> None:
@@ -107,7 +108,7 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[Any]:
         s = self.sampler
         epoch = s.epoch
-        generator = torch.Generator().manual_seed((s.seed * 1_000_003 + s.rank) * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(((s.seed * 1_000_003 + s.rank) * 1_000_003 + epoch) % 2**63)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=s, generator=generator,
                             **self.loader_kwargs)
         remaining = len(s)
