@@ -119,15 +119,15 @@ def run(args: argparse.Namespace) -> int:
             text = (f"saved statistics of {stats.num_images} images ({extractor.name}) to {args.make_ref[1]}; "
                     f"{report['dims']['pool_features_kept']} feature rows kept for precision/recall")
         else:
-            ref = stats_for_input(args.inputs[0], extractor, need_features="pr" in metrics, **common)
-            samples = stats_for_input(args.inputs[1], extractor, need_features="pr" in metrics,
-                                      keep_logits="is" in metrics, **common)
+            need = dict(need_features="pr" in metrics, spatial="sfid" in metrics)
+            ref = stats_for_input(args.inputs[0], extractor, **need, **common)
+            samples = stats_for_input(args.inputs[1], extractor, keep_logits="is" in metrics, **need, **common)
             results = evaluate(ref, samples, metrics, device=device)
             report = {"feature_network": extractor.info(), "reference": _describe(ref),
                       "samples": _describe(samples), "metrics": results}
             text = f"feature network: {extractor.description}\n{_table(results)}"
-    for w in caught:  # shown as usual; the sample-count warnings also go into the report
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for w in caught:  # shown as usual (filters apply); the sample-count warnings also go into the report
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     report["warnings"] = [str(w.message) for w in caught if issubclass(w.category, FewSamplesWarning)]
     print(text)
     if args.out:

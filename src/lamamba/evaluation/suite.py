@@ -29,6 +29,7 @@ def compute_stats(
     num_images: int | None = None,
     keep_features: int | None = None,
     keep_logits: bool = False,
+    spatial: bool = True,
     seed: int = 0,
     progress: bool = False,
 ) -> FeatureStats:
@@ -38,6 +39,7 @@ def compute_stats(
     array/tensor, or a float tensor (N, C, H, W) in [-1, 1]. ``num_images``: use the first N only.
     ``keep_features``: how many pool-feature rows to keep for precision/recall (None: all; fewer than
     N: a random subset drawn with ``seed``; 0: none). ``keep_logits``: keep logits (Inception Score).
+    ``spatial``: accumulate the spatial statistics (sFID), if the network has spatial features.
     """
     if isinstance(images, (str, Path)):
         images, _ = open_input(images)
@@ -52,15 +54,15 @@ def compute_stats(
         raise ValueError(f"{images.description}: no images to evaluate")
     keep = np.arange(n) if keep_features is None or keep_features >= n else \
         np.sort(np.random.default_rng(seed).choice(n, size=keep_features, replace=False))
-    pool, spatial = RunningMoments(), RunningMoments()
+    pool_m, spatial_m = RunningMoments(), RunningMoments()
     kept, logits = [], []
     start = 0
     bar = tqdm(total=n, disable=not progress, desc=f"features of {images.description}", unit="img")
     for batch in images.batches(batch_size, n):
         out = extractor(torch.from_numpy(batch if batch.flags.writeable else batch.copy()))
-        pool.update(out["pool"])
-        if out.get("spatial") is not None:
-            spatial.update(out["spatial"])
+        pool_m.update(out["pool"])
+        if spatial and out.get("spatial") is not None:
+            spatial_m.update(out["spatial"])
         rows = keep[(keep >= start) & (keep < start + len(batch))] - start
         if len(rows):
             kept.append(out["pool"][torch.from_numpy(rows).to(out["pool"].device)].cpu().numpy())
@@ -72,8 +74,8 @@ def compute_stats(
     what = f"{images.description} ({extractor.name}"
     stats = FeatureStats(
         network=extractor.name, num_images=n, origin=images.description,
-        pool=pool.stats(what + " pool features)"),
-        spatial=spatial.stats(what + " spatial features)") if spatial.n else None,
+        pool=pool_m.stats(what + " pool features)"),
+        spatial=spatial_m.stats(what + " spatial features)") if spatial_m.n else None,
         pool_features=np.concatenate(kept) if kept else None,
         logits=np.concatenate(logits) if logits else None,
         image_shape=tuple(images.image_shape), network_info=extractor.info(),
@@ -153,6 +155,7 @@ def stats_for_input(
     *,
     need_features: bool,
     keep_logits: bool = False,
+    spatial: bool = True,
     batch_size: int = 64,
     num_images: int | None = None,
     progress: bool = False,
@@ -175,7 +178,7 @@ def stats_for_input(
         return stats
     computed = compute_stats(images, extractor, batch_size=batch_size, num_images=num_images,
                              keep_features=None if need_features else 0, keep_logits=keep_logits,
-                             progress=progress)
+                             spatial=spatial and (stats is None or stats.spatial is None), progress=progress)
     if stats is None:
         return computed
     computed.pool, computed.spatial = stats.pool, stats.spatial or computed.spatial
@@ -224,7 +227,8 @@ def evaluate_samples(
     FID from N samples is biased upwards as N shrinks: compare values only at the same N.
     """
     stats = compute_stats(ArrayImages(samples), extractor, batch_size=batch_size,
-                          keep_features=None if "pr" in metrics else 0, keep_logits="is" in metrics)
+                          keep_features=None if "pr" in metrics else 0, keep_logits="is" in metrics,
+                          spatial="sfid" in metrics)
     result: dict[str, float | int | str] = {}
     for name, entry in evaluate(ref, stats, metrics, device=extractor.device).items():
         if entry["value"] is None:
