@@ -12,7 +12,7 @@ from lamamba.evaluation.features import load_feature_extractor
 from lamamba.evaluation.metrics import frechet_distance
 from lamamba.evaluation.suite import compute_stats, evaluate_samples
 
-pytestmark = [  # tiny sets on purpose; the warning itself is checked in test_pixel_features_on_small_grey_images
+pytestmark = [  # tiny sets on purpose; test_pixel_features_on_small_grey_images checks the warning
     pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::lamamba.evaluation.metrics.FewSamplesWarning"),
 ]
@@ -94,7 +94,8 @@ def test_adm_precomputed_statistics_are_used_for_fid(tmp_path, ref_and_samples, 
     report = json.loads((tmp_path / "m.json").read_text())
     ext = load_feature_extractor("inception", tiny_inception_path)
     s = compute_stats(samples, ext)
-    assert report["metrics"]["fid"]["value"] == pytest.approx(frechet_distance(mu, sigma, s.pool.mu, s.pool.sigma))
+    expected = frechet_distance(mu, sigma, s.pool.mu, s.pool.sigma)
+    assert report["metrics"]["fid"]["value"] == pytest.approx(expected)
     assert report["metrics"]["fid"]["num_ref"] is None  # precomputed: ADM files do not record the count
     assert report["metrics"]["precision"]["num_ref"] == 20  # k-NN features still come from arr_0
     assert "ADM statistics" in report["reference"]["origin"]
@@ -129,11 +130,11 @@ def test_mismatched_image_sizes_between_sets_fail_for_pixels(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["only_one.npz"], "expected two paths"),
+    (["only_one.npz"], "expected REF and SAMPLES"),
     (["a", "b", "--features", "pixels", "--inception", "x.pt"], "--inception applies"),
     (["a", "b", "--feature-net", "x.pt"], "--feature-net needs"),
     (["a", "b", "--metrics", "fid,kid"], "unknown"),
-    (["a", "b", "--num-images", "0"], "--num-images must be positive"),
+    (["a", "b", "--num-images", "0"], "--num-images must be at least 1"),
 ])
 def test_argument_errors_are_clear(argv, match):
     with pytest.raises(ValueError, match=match):

@@ -32,7 +32,8 @@ def test_tf1_resize_matches_naive(in_hw, out_hw):
     x = torch.rand(2, 3, *in_hw, dtype=torch.float64) * 255
     got = tf1_resize_bilinear(x, out_hw)
     for n in range(2):
-        np.testing.assert_allclose(got[n].numpy(), _naive_tf1_resize(x[n].numpy(), *out_hw), rtol=1e-5, atol=1e-4)
+        expected = _naive_tf1_resize(x[n].numpy(), *out_hw)
+        np.testing.assert_allclose(got[n].numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_inception_wrapper_follows_the_adm_conventions(tiny_inception_path):

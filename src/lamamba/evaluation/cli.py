@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .features import FEATURE_NETWORKS, load_feature_extractor
+from .features import FEATURE_NETWORKS, FeatureExtractor, load_feature_extractor
+from .inputs import FeatureStats
 from .metrics import FewSamplesWarning
 from .suite import METRICS, evaluate, make_reference, stats_for_input
 
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="REF SAMPLES",
                         help="reference and samples: .npz (ADM images/statistics, or ours) or image folder")
     parser.add_argument("--make-ref", nargs=2, metavar=("DATA", "OUT"),
-                        help="compute reference statistics of DATA (folder or .npz) and save them to OUT (.npz)")
+                        help="save reference statistics of DATA (folder or .npz) to OUT (.npz)")
     parser.add_argument("--out", metavar="JSON", help="also write the results as JSON")
     parser.add_argument("--features", choices=FEATURE_NETWORKS, default="inception",
                         help="feature network: the TF FID Inception (paper numbers), raw pixels (small grey "
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=None, metavar="N",
                         help="use only the first N images of each image input")
     parser.add_argument("--ref-features", type=int, default=10_000, metavar="M",
-                        help="--make-ref: feature rows kept for precision/recall (random subset; default 10000)")
+                        help="--make-ref: feature rows kept for precision/recall (random, default 10000)")
     parser.add_argument("--no-download", action="store_true", help="never download weights")
 
 
@@ -59,17 +60,17 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.make_ref is not None and args.inputs:
         raise ValueError("give either REF SAMPLES or --make-ref DATA OUT, not both")
     if args.make_ref is None and len(args.inputs) != 2:
-        raise ValueError(f"expected two paths, REF and SAMPLES (got {len(args.inputs)}), or --make-ref DATA OUT")
+        raise ValueError(f"expected REF and SAMPLES (got {len(args.inputs)} paths), or --make-ref DATA OUT")
     if args.inception is not None and args.features != "inception":
         raise ValueError("--inception applies to --features inception only")
     if args.feature_net is not None and args.features != "torchscript":
         raise ValueError("--feature-net needs --features torchscript")
     if args.features == "torchscript" and args.feature_net is None:
         raise ValueError("--features torchscript needs --feature-net PATH (a TorchScript file)")
-    for name in ("batch_size", "num_images", "ref_features"):
+    for name, least in (("batch_size", 1), ("num_images", 1), ("ref_features", 0)):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "ref_features" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
 
 
 def _fmt(value) -> str:
@@ -86,46 +87,59 @@ def _table(results: dict[str, dict]) -> str:
             lines.append(f"{title:<16} {'n/a':>10}  {'':>8}  {'':>11}  unavailable: {r['unavailable']}")
             continue
         ref_n = "precomp." if key in ("fid", "sfid") and r.get("num_ref") is None else _fmt(r.get("num_ref"))
-        lines.append(f"{title:<16} {r['value']:>10.4f}  {ref_n:>8}  {_fmt(r.get('num_samples')):>11}  {r['features']}")
+        smp_n = _fmt(r.get("num_samples"))
+        lines.append(f"{title:<16} {r['value']:>10.4f}  {ref_n:>8}  {smp_n:>11}  {r['features']}")
     return "\n".join(lines)
 
 
-def _describe(stats) -> dict:
+def _describe(stats: FeatureStats) -> dict:
     return {"origin": stats.origin, "num_images": stats.num_images,
             "image_shape": list(stats.image_shape) if stats.image_shape else None}
+
+
+def _make_ref(args: argparse.Namespace, extractor: FeatureExtractor, common: dict) -> tuple[dict, str]:
+    data, out = args.make_ref
+    stats = make_reference(data, out, extractor, keep_features=args.ref_features, **common)
+    kept = 0 if stats.pool_features is None else len(stats.pool_features)
+    report = {"feature_network": extractor.info(), "reference": _describe(stats), "saved": str(out),
+              "pool_dim": int(stats.pool.mu.shape[0]), "pool_features_kept": kept,
+              "spatial_dim": None if stats.spatial is None else int(stats.spatial.mu.shape[0])}
+    text = (f"saved statistics of {stats.num_images} images ({extractor.name}) to {out}; "
+            f"{kept} feature rows kept for precision/recall")
+    return report, text
+
+
+def _compare(args: argparse.Namespace, extractor: FeatureExtractor, metrics: tuple[str, ...],
+             common: dict) -> tuple[dict, str]:
+    need = dict(need_features="pr" in metrics, spatial="sfid" in metrics, **common)
+    ref = stats_for_input(args.inputs[0], extractor, **need)
+    samples = stats_for_input(args.inputs[1], extractor, keep_logits="is" in metrics, **need)
+    results = evaluate(ref, samples, metrics, device=extractor.device)
+    report = {"feature_network": extractor.info(), "reference": _describe(ref), "samples": _describe(samples),
+              "metrics": results}
+    return report, f"feature network: {extractor.description}\n{_table(results)}"
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     metrics = _parse_metrics(args.metrics)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # Full fp32 convolutions (cuDNN defaults to TF32 on Ampere+); this process only evaluates.
-    torch.backends.cudnn.allow_tf32 = False
-    progress = sys.stderr.isatty()
-    common = dict(batch_size=args.batch_size, num_images=args.num_images, progress=progress)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        extractor = load_feature_extractor(
-            args.features, args.inception if args.features == "inception" else args.feature_net, device,
-            logits=args.make_ref is None and "is" in metrics, download=not args.no_download,
-        )
-        if args.make_ref is not None:
-            stats = make_reference(args.make_ref[0], args.make_ref[1], extractor,
-                                   keep_features=args.ref_features, **common)
-            report = {"feature_network": extractor.info(), "reference": _describe(stats),
-                      "saved": str(args.make_ref[1]), "dims": {"pool": int(stats.pool.mu.shape[0]),
-                      "spatial": None if stats.spatial is None else int(stats.spatial.mu.shape[0]),
-                      "pool_features_kept": 0 if stats.pool_features is None else len(stats.pool_features)}}
-            text = (f"saved statistics of {stats.num_images} images ({extractor.name}) to {args.make_ref[1]}; "
-                    f"{report['dims']['pool_features_kept']} feature rows kept for precision/recall")
-        else:
-            need = dict(need_features="pr" in metrics, spatial="sfid" in metrics)
-            ref = stats_for_input(args.inputs[0], extractor, **need, **common)
-            samples = stats_for_input(args.inputs[1], extractor, keep_logits="is" in metrics, **need, **common)
-            results = evaluate(ref, samples, metrics, device=device)
-            report = {"feature_network": extractor.info(), "reference": _describe(ref),
-                      "samples": _describe(samples), "metrics": results}
-            text = f"feature network: {extractor.description}\n{_table(results)}"
+    common = dict(batch_size=args.batch_size, num_images=args.num_images, progress=sys.stderr.isatty())
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions (cuDNN's default is TF32 on Ampere+)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            extractor = load_feature_extractor(
+                args.features, args.inception if args.features == "inception" else args.feature_net, device,
+                logits=args.make_ref is None and "is" in metrics, download=not args.no_download,
+            )
+            if args.make_ref is not None:
+                report, text = _make_ref(args, extractor, common)
+            else:
+                report, text = _compare(args, extractor, metrics, common)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     for w in caught:  # shown as usual (filters apply); the sample-count warnings also go into the report
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     report["warnings"] = [str(w.message) for w in caught if issubclass(w.category, FewSamplesWarning)]

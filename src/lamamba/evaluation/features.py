@@ -49,7 +49,7 @@ def jit_load(path: str | Path) -> torch.jit.ScriptModule:
     deprecation notice for ``torch.jit.load`` is silenced here (only here).
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated", DeprecationWarning)
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as e:
@@ -62,7 +62,6 @@ class FeatureExtractor:
     name: str  # identity written beside every number and checked between reference and samples
     description: str  # where the weights came from and the input convention
     device: torch.device
-    has_spatial: bool = False
     logits_unavailable: str | None = "this feature network has no class logits"  # None when it has logits
 
     def info(self) -> dict[str, str]:
@@ -113,9 +112,8 @@ class TorchScriptFeatures(FeatureExtractor):
         self.device = torch.device(device)
         self.module = jit_load(path).eval().to(self.device)
         self.name = f"torchscript:{path.name}@{file_digest(path)}"
-        self.description = f"user TorchScript network {path} (input: float (N, C, H, W) in [-1, 1], stored size)"
-        self.logits_unavailable = None  # decided by the first output (see __call__)
-        self.has_spatial = False
+        self.description = f"user TorchScript network {path} (input: float (N, C, H, W) in [-1, 1])"
+        self.logits_unavailable = "unknown until the network has run"  # set by each call
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,7 +125,6 @@ class TorchScriptFeatures(FeatureExtractor):
         if not isinstance(out, dict) or "pool" not in out:
             raise ValueError(f"{self.name} must return a (N, D) tensor or a dict with a 'pool' entry")
         result = {k: out[k].flatten(1).float() for k in ("pool", "spatial", "logits") if k in out}
-        self.has_spatial = "spatial" in result
         self.logits_unavailable = None if "logits" in result else f"{self.name} returns no 'logits'"
         return result
 

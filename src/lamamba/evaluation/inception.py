@@ -42,9 +42,11 @@ INCEPTION_NAME = "inception-v3-tf-2015-12-05"
 INPUT_SIZE = 299
 SPATIAL_CHANNELS = 7  # ADM: spatial[..., :7] of mixed_6/conv
 # TorchScript port of the TF graph published with StyleGAN2-ADA (also used by clean-fid).
-TORCHSCRIPT_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+TORCHSCRIPT_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                   "inception-2015-12-05.pt")
 # torch-fidelity's port of the same graph; only its classifier matrix ``fc.weight`` (1008, 2048) is used.
-LOGITS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+LOGITS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+              "weights-inception-2015-12-05-6726825d.pth")
 
 
 def tf1_resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -79,17 +81,18 @@ def _layers_of(module: torch.nn.Module, source: str) -> torch.nn.Module:
 
 
 class InceptionFeatures(FeatureExtractor):
-    """pool3 / spatial / logits of the TF FID Inception, from uint8 images of any size (module docstring)."""
+    """pool3 / spatial / logits of the TF FID Inception from uint8 images of any size (module docstring)."""
 
     def __init__(self, module: torch.nn.Module, source: str, digest: str, device: str | torch.device,
                  logit_weight: Tensor | None, logits_note: str):
+        """``module``: the loaded TorchScript; ``logit_weight``: the (K, 2048) classifier matrix or None;
+        ``logits_note``: where that matrix came from, or why it is None."""
         self.device = torch.device(device)
         self.layers = _layers_of(module, source).eval().to(self.device)
         self.stages = list(self.layers.named_children())
         self.logit_weight = None if logit_weight is None else logit_weight.to(self.device, torch.float32)
         self.logits_unavailable = None if logit_weight is not None else logits_note
         self.logits_source = logits_note if logit_weight is not None else None
-        self.has_spatial = True
         self.name = INCEPTION_NAME
         self.source, self.digest = source, digest
         self.description = (f"TF FID Inception-v3 from {source} (sha256 {digest}); TF1 bilinear resize "
@@ -116,7 +119,7 @@ class InceptionFeatures(FeatureExtractor):
                 spatial = x[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
         out = {"pool": x.flatten(1), "spatial": spatial}
         if self.logit_weight is not None:
-            out["logits"] = out["pool"] @ self.logit_weight.T  # no bias, as ADM
+            out["logits"] = (out["pool"].double() @ self.logit_weight.double().T).float()  # no bias, as ADM
         return out
 
 

@@ -52,7 +52,7 @@ def _as_nhwc(images: np.ndarray, what: str) -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{what}: images must be (N, H, W, C) with C in (1, 3) or (N, H, W), got {images.shape}")
+        raise ValueError(f"{what}: images must be (N, H, W, C) with C in (1, 3) or (N, H, W), not {images.shape}")
     return images
 
 
@@ -237,7 +237,7 @@ def load_stats(path: str | Path) -> FeatureStats:
         raise FileNotFoundError(f"statistics file not found: {path}")
     with np.load(path, allow_pickle=False) as data:
         if not {"mu", "sigma"} <= set(data.files):
-            raise ValueError(f"{path} holds no statistics (keys: {', '.join(data.files)}); expected mu and sigma")
+            raise ValueError(f"{path} holds no statistics (mu, sigma); its keys: {', '.join(data.files)}")
         return _stats_from_npz(path, data)
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "GaussianStats", "RunningMoments", "FewSamplesWarning", "frechet_distance", "inception_score", "manifold_radii",
-    "precision_recall",
+    "GaussianStats", "RunningMoments", "FewSamplesWarning", "frechet_distance", "inception_score",
+    "manifold_radii", "precision_recall",
 ]
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .features import FeatureExtractor
 from .inputs import ArrayImages, FeatureStats, ImageSource, open_input, save_stats
-from .metrics import RunningMoments, frechet_distance, inception_score, precision_recall
+from .metrics import GaussianStats, RunningMoments, frechet_distance, inception_score, precision_recall
 
 __all__ = ["METRICS", "compute_stats", "evaluate", "stats_for_input", "make_reference", "evaluate_samples"]
 
@@ -85,8 +85,14 @@ def compute_stats(
     return stats
 
 
-def _label(stats: FeatureStats, kind: str, dim: int) -> str:
-    return f"{stats.network} {kind} ({dim}-d)"
+def _frechet_entry(ref: GaussianStats, samples: GaussianStats, network: str, kind: str) -> dict:
+    return {"value": frechet_distance(ref.mu, ref.sigma, samples.mu, samples.sigma),
+            "features": f"{network} {kind} ({ref.mu.shape[0]}-d)",
+            "num_ref": ref.num, "num_samples": samples.num}
+
+
+def _unavailable(reason: str) -> dict:
+    return {"value": None, "unavailable": reason}
 
 
 def evaluate(
@@ -112,40 +118,35 @@ def evaluate(
             f"reference features come from {ref.network!r} but the samples' from {samples.network!r}; "
             "compute both with the same feature network (see --features / --make-ref)"
         )
+    net = ref.network
     out: dict[str, dict] = {}
     if "fid" in metrics:
-        d = ref.pool.mu.shape[0]
-        out["fid"] = {"value": frechet_distance(ref.pool.mu, ref.pool.sigma, samples.pool.mu, samples.pool.sigma),
-                      "features": _label(ref, "pool", d), "num_ref": ref.pool.num, "num_samples": samples.pool.num}
+        out["fid"] = _frechet_entry(ref.pool, samples.pool, net, "pool")
     if "sfid" in metrics:
-        if ref.spatial is None or samples.spatial is None:
-            out["sfid"] = {"value": None, "unavailable": f"{ref.network} gives no spatial features"
-                           if samples.spatial is None else f"{ref.origin} has no spatial statistics"}
+        if samples.spatial is None:
+            out["sfid"] = _unavailable(f"{net} gives no spatial features for {samples.origin}")
+        elif ref.spatial is None:
+            out["sfid"] = _unavailable(f"{ref.origin} has no spatial statistics")
         else:
-            out["sfid"] = {"value": frechet_distance(ref.spatial.mu, ref.spatial.sigma, samples.spatial.mu,
-                                                     samples.spatial.sigma),
-                           "features": _label(ref, "spatial", ref.spatial.mu.shape[0]),
-                           "num_ref": ref.spatial.num, "num_samples": samples.spatial.num}
+            out["sfid"] = _frechet_entry(ref.spatial, samples.spatial, net, "spatial")
     if "is" in metrics:
         if samples.logits is None:
-            out["inception_score"] = {"value": None, "unavailable": samples.logits_note or "no logits"}
+            out["inception_score"] = _unavailable(samples.logits_note or "no logits")
         else:
             mean, std = inception_score(samples.logits, num_splits)
-            out["inception_score"] = {"value": mean, "std": std, "splits": num_splits, "num_samples":
-                                      len(samples.logits), "features": _label(samples, "logits",
-                                                                             samples.logits.shape[1])}
+            out["inception_score"] = {"value": mean, "std": std, "splits": num_splits,
+                                      "features": f"{net} logits ({samples.logits.shape[1]} classes)",
+                                      "num_samples": len(samples.logits)}
     if "pr" in metrics:
         missing = next((s for s in (ref, samples) if s.pool_features is None), None)
         if missing is not None:
             reason = f"{missing.origin} keeps no per-image features (k-NN manifolds need them)"
-            out["precision"] = {"value": None, "unavailable": reason}
-            out["recall"] = {"value": None, "unavailable": reason}
+            out["precision"], out["recall"] = _unavailable(reason), _unavailable(reason)
         else:
             p, r = precision_recall(ref.pool_features, samples.pool_features, k=k, device=device)
-            common = {"features": _label(ref, "pool", ref.pool_features.shape[1]) + f", k={k}",
+            common = {"features": f"{net} pool ({ref.pool_features.shape[1]}-d), k={k}",
                       "num_ref": len(ref.pool_features), "num_samples": len(samples.pool_features)}
-            out["precision"] = {"value": p, **common}
-            out["recall"] = {"value": r, **common}
+            out["precision"], out["recall"] = {"value": p, **common}, {"value": r, **common}
     return out
 
 
