@@ -156,3 +156,13 @@ def test_training_hook_raises_for_unavailable_metrics():
     ref = compute_stats(_images(9, (20, 4, 4, 1)), ext)
     with pytest.raises(ValueError, match="inception_score cannot be computed: pixel features"):
         evaluate_samples(_images(10, (12, 4, 4, 1)), ref, ext, metrics=("fid", "is"))
+
+
+def test_adm_statistics_are_ignored_for_another_network(tmp_path):
+    np.savez(tmp_path / "adm.npz", arr_0=_images(11, (30, 4, 4, 1)), mu=np.zeros(2048), sigma=np.eye(2048))
+    _run([str(tmp_path / "adm.npz"), str(tmp_path / "adm.npz"), "--features", "pixels", "--metrics", "fid",
+          "--out", str(tmp_path / "m.json")])
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert "statistics ignored" in report["reference"]["origin"]
+    assert report["metrics"]["fid"]["features"] == "pixels pool (16-d)"
+    assert abs(report["metrics"]["fid"]["value"]) < 1e-9

@@ -174,13 +174,17 @@ def stats_for_input(
                 f"{path}: statistics computed with {stats.network!r}, but this run uses {extractor.name!r}; "
                 "choose the matching --features or recompute them with `lamamba evaluate --make-ref`"
             )
-        stats = None
+        ignored, stats = stats.network, None
+    else:
+        ignored = None
     if images is None or (stats is not None and not need_features and not keep_logits):
         return stats
     computed = compute_stats(images, extractor, batch_size=batch_size, num_images=num_images,
                              keep_features=None if need_features else 0, keep_logits=keep_logits,
                              spatial=spatial and (stats is None or stats.spatial is None), progress=progress)
     if stats is None:
+        if ignored is not None:
+            computed.origin += f" (its {ignored} statistics ignored: another feature network)"
         return computed
     computed.pool, computed.spatial = stats.pool, stats.spatial or computed.spatial
     computed.origin = f"{stats.origin} (mu/sigma) with images arr_0"
