@@ -52,8 +52,10 @@ def compute_stats(
     n = images.num_images if num_images is None else min(num_images, images.num_images)
     if n < 1:
         raise ValueError(f"{images.description}: no images to evaluate")
-    keep = np.arange(n) if keep_features is None or keep_features >= n else \
-        np.sort(np.random.default_rng(seed).choice(n, size=keep_features, replace=False))
+    if keep_features is None or keep_features >= n:
+        keep = np.arange(n)
+    else:
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=keep_features, replace=False))
     pool_m, spatial_m = RunningMoments(), RunningMoments()
     kept, logits = [], []
     start = 0
