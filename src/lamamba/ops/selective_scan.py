@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "reference", "triton")
 BACKEND_ENV = "LAMAMBA_SCAN_BACKEND"
-_CHUNK = 64  # reference: tokens per chunk; the recurrence inside a chunk is solved with one masked matmul
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,34 +70,21 @@ def _log_backend_once(device_type: str, backend: str) -> None:
 #                                 Pure-PyTorch reference
 # ------------------------------------------------------------------------------------------------
 
-def _chunked_linear_recurrence(log_a: Tensor, b: Tensor, chunk: int = _CHUNK) -> tuple[Tensor, Tensor]:
-    """Solve ``h_t = exp(log_a_t) * h_{t-1} + b_t`` (h_{-1} = 0) along the last axis.
+def _linear_recurrence(a: Tensor, b: Tensor) -> Tensor:
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` (h_{-1} = 0) along the last axis.
 
-    ``log_a, b``: (..., L). Returns all states (..., L) and the last state (...). Inside a chunk of
-    ``T`` tokens, ``h = M @ b + exp(S) * h_prev`` with ``S`` the in-chunk cumulative sum of ``log_a`` and
-    ``M[t, s] = exp(S_t - S_s)`` for ``s <= t`` (masked before ``exp``, so no overflow, no NaN gradient).
-    Only ``L / T`` Python iterations, each a batched matmul.
+    Hillis-Steele parallel scan: after the step with offset ``k`` every position holds the composition of
+    the ``2k`` most recent affine maps, so ``ceil(log2 L)`` element-wise steps (no Python loop over tokens)
+    give every state. Only products of decays ``a`` in (0, 1] appear: no overflow, plain autograd.
     """
-    L = log_a.shape[-1]
-    h_prev = torch.zeros(log_a.shape[:-1], dtype=b.dtype, device=b.device)
-    states = []
-    for start in range(0, L, chunk):
-        la, bb = log_a[..., start:start + chunk], b[..., start:start + chunk]
-        T = la.shape[-1]
-        S = la.cumsum(-1)                                             # (..., T)
-        diff = S.unsqueeze(-1) - S.unsqueeze(-2)                      # (..., T, T): S_t - S_s
-        causal = torch.ones(T, T, dtype=torch.bool, device=b.device).tril()
-        M = diff.masked_fill(~causal, float("-inf")).exp()
-        h = (M @ bb.unsqueeze(-1)).squeeze(-1) + S.exp() * h_prev.unsqueeze(-1)
-        states.append(h)
-        h_prev = h[..., -1]
-    return torch.cat(states, dim=-1), h_prev
-
-
-def _expand_groups(X: Tensor, channels: int) -> Tensor:
-    """(batch, G, N, L) -> (batch, channels, N, L) by repeating each group over its channels."""
-    groups = X.shape[1]
-    return X.repeat_interleave(channels // groups, dim=1) if groups != channels else X
+    L = a.shape[-1]
+    k = 1
+    while k < L:
+        b = b + a * F.pad(b[..., :-k], (k, 0))              # positions t < k see h = 0 from before the start
+        if 2 * k < L:                                        # the decays are not needed after the last step
+            a = a * F.pad(a[..., :-k], (k, 0), value=1.0)
+        k *= 2
+    return b
 
 
 def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -117,12 +103,14 @@ def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
         delta_ = delta_ + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta_ = F.softplus(delta_)
-    Bx = _expand_groups(B.to(dtype), channels)                                   # (b, d, N, L)
-    Cx = _expand_groups(C.to(dtype), channels)
-    log_a = delta_.unsqueeze(2) * A.to(dtype)[None, :, :, None]                   # (b, d, N, L)
-    b = (delta_ * u_).unsqueeze(2) * Bx
-    h, last = _chunked_linear_recurrence(log_a, b)
-    y = (h * Cx).sum(2)                                                          # (b, d, L)
+    G, N = B.shape[1], A.shape[1]
+    # channels are grouped (batch, G, channels/G): B and C broadcast over their group without copies
+    shape = (batch, G, channels // G, 1, L)
+    dA = delta_.view(shape) * A.to(dtype).view(1, G, channels // G, N, 1)               # (b, G, d/G, N, L)
+    dBu = (delta_ * u_).view(shape) * B.to(dtype).unsqueeze(2)                          # (b, G, d/G, N, L)
+    h = _linear_recurrence(torch.exp(dA), dBu)
+    y = (h * C.to(dtype).unsqueeze(2)).sum(3).view(batch, channels, L)                 # (b, d, L)
+    last = h[..., -1].reshape(batch, channels, N)
     if D is not None:
         y = y + u_ * D.to(dtype)[:, None]
     if z is not None:
