@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lamamba.evaluation.cli", "FID, sFID, Inception Score, precision/recall of samples"),
     "extract-latents": ("lamamba.data.cli", "encode a dataset once through the VAE into latent shards"),
     "flops": ("lamamba.flops", "parameters and GFLOPs per model and resolution, beside the paper"),
+    "bench": ("lamamba.bench", "time training steps and sampling forwards of several models side by side"),
 }
 
 
