@@ -96,17 +96,23 @@ def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, pro
     if sh or sw:
         x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
     windows = window_partition(x, wh, ww)                                             # (B*nW, N, C)
-    n_win, N = Hp // wh * (Wp // ww), wh * ww
-    qkv = F.linear(windows, qkv_weight, qkv_bias).view(B, n_win, N, 3, num_heads, C // num_heads)
-    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)                                # (B, nW, h, N, hd)
+    n_win, N, hd = Hp // wh * (Wp // ww), wh * ww, C // num_heads
+    qkv = F.linear(windows, qkv_weight, qkv_bias).view(B, n_win, N, 3, num_heads, hd)
+    # windows folded into the head axis: (B, nW*h, N, hd), so one (nW*h, N, N) bias broadcasts over the batch
+    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B, n_win * num_heads, N, hd).unbind(0)
     index = relative_position_index(wh, ww, window, x.device)
-    bias = bias_table[index.view(-1)].view(N, N, num_heads).permute(2, 0, 1)         # (h, N, N)
-    bias = bias.to(q.dtype)
+    bias = bias_table[index.view(-1)].view(N, N, num_heads).permute(2, 0, 1).to(q.dtype)  # (h, N, N)
     mask = shifted_window_mask(Hp, Wp, wh, ww, sh, sw, x.device)
-    if mask is not None:                                                             # (nW, h, N, N)
+    if mask is None:
+        bias = bias.expand(n_win, -1, -1, -1)
+    else:
         bias = bias[None].masked_fill(~mask[:, None], float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)                    # (B, nW, h, N, hd)
-    out = out.permute(0, 1, 3, 2, 4).reshape(B * n_win, N, C)
+    bias = bias.reshape(1, n_win * num_heads, N, N)
+    pad = (-hd) % 8 if x.is_cuda else 0
+    if pad:  # the fused SDPA kernels need head sizes that are multiples of 8 (XL's first stage has 20)
+        q, k, v = (F.pad(a, (0, pad)) for a in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=hd ** -0.5)   # (B, nW*h, N, hd+pad)
+    out = out[..., :hd].view(B, n_win, num_heads, N, hd).permute(0, 1, 3, 2, 4).reshape(B * n_win, N, C)
     out = F.linear(out, proj_weight, proj_bias)
     x = window_reverse(out, wh, ww, Hp, Wp)
     if sh or sw:
