@@ -1,0 +1,328 @@
+"""Triton selective scan: the Mamba-layout forward/backward used by ``selective_scan``, and the fused
+four-direction SS2D scan used by ``ss2d_selective_scan``.
+
+Kernels live in ``lamamba.ops.triton_scan_kernels`` (design notes there). Launch configuration:
+
+* grid ``(batch, directions_per_launch * ceil(d / BLOCK_D))``: one program per batch element and block of
+  channels; the Mamba layout gives each program one group's channel block, the SS2D scan gives it all
+  four directions of its channel block (walked one after the other, accumulating into the output);
+* tiles of ``BLOCK_T`` time steps x ``BLOCK_D`` channels x ``BLOCK_N`` (= state size rounded up to a power
+  of two, masked) solved by one parallel scan; sizes from ``LAUNCH`` (a ``LaunchConfig``).
+
+The backward needs the state entering every tile: the SS2D forward stores them when a gradient will be
+needed; the Mamba-layout backward (whose custom op saves only the inputs) recomputes them with a
+state-only pass of the forward kernel. States and all accumulation are float32 (float64 for float64
+inputs). Under ``TRITON_INTERPRET=1`` (set before triton is first imported) the kernels also run on
+CPU tensors, through Triton's interpreter (slow; for tests).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.jit import JITFunction
+
+from lamamba.ops import triton_scan_kernels
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and launch parameters (chosen from H100 register budgets: no spills at the defaults).
+
+    ``block_t`` time steps per tile; ``block_d * block_n <= state_lanes`` (``block_n`` is the state size
+    rounded up to a power of two), so a tile holds ``block_t * state_lanes`` elements at most;
+    ``block_d`` is halved (not below ``min_block_d``) while the grid would have fewer than
+    ``programs_per_sm`` programs per SM. ``num_stages > 1`` software-pipelines the tile loads (more
+    registers, fewer resident programs). Replace ``LAUNCH`` (e.g. with ``dataclasses.replace``) to re-tune.
+    """
+    block_t: int = 16
+    state_lanes: int = 256
+    max_block_d: int = 64
+    min_block_d: int = 4
+    num_warps: int = 8
+    num_stages: int = 1
+    programs_per_sm: int = 2
+
+
+LAUNCH = LaunchConfig()
+
+
+# ------------------------------------------------------------------------------------------------
+#                                   Launch helpers
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Tiles:
+    BLOCK_T: int
+    BLOCK_D: int
+    BLOCK_N: int
+
+    def chunks(self, L: int) -> int:
+        return triton.cdiv(L, self.BLOCK_T)
+
+    def blocks(self, d: int) -> int:
+        return triton.cdiv(d, self.BLOCK_D)
+
+    def meta(self) -> dict:
+        """Compile-time launch arguments shared by every kernel call."""
+        return dict(asdict(self), STAGES=LAUNCH.num_stages, num_warps=LAUNCH.num_warps)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _tiles(N: int, d: int, rows: int, device: torch.device) -> _Tiles:
+    """Tiles for state size ``N`` and ``d`` channels per direction, ``rows`` programs per channel block."""
+    cfg = LAUNCH
+    block_n = triton.next_power_of_2(N)
+    block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
+    while block_d > cfg.min_block_d and rows * triton.cdiv(d, block_d) < cfg.programs_per_sm * _sm_count(device):
+        block_d //= 2
+    return _Tiles(cfg.block_t, block_d, block_n)
+
+
+def _kernels(device: torch.device) -> ModuleType:
+    """The kernel module, after checking that ``device`` can run it."""
+    if device.type != "cuda" and isinstance(triton_scan_kernels.scan_fwd_kernel, JITFunction):
+        raise ValueError(f"the Triton scan kernels need CUDA tensors, got {device.type} ones; for CPU tensors "
+                         "set TRITON_INTERPRET=1 before triton is first imported (Triton's interpreter)")
+    return triton_scan_kernels
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32, or float64 for float64 inputs (as the reference)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _or(t: Optional[Tensor], fallback: Tensor) -> Tensor:
+    """A pointer argument for an absent optional tensor (never dereferenced: its HAS_ flag is off)."""
+    return fallback if t is None else t
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Grid, tiles, sizes and strides of one problem (the kernels' shared leading scalar arguments)."""
+    tiles: _Tiles
+    batch: int
+    L: int
+    d: int          # channels per direction
+    N: int
+    K: int          # directions (groups of the Mamba layout, scan paths of SS2D)
+    dirs: int       # directions per program
+    strides: tuple  # x-like, delta-like, B-like: (batch, direction, channel|state, position) each
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.batch, self.K // self.dirs * self.tiles.blocks(self.d))
+
+    @property
+    def chunks(self) -> int:
+        return self.tiles.chunks(self.L)
+
+    @property
+    def atomic_bc(self) -> bool:
+        """Several programs add into the same dB, dC entries (more than one channel block per direction)."""
+        return self.tiles.blocks(self.d) > 1
+
+    def scalars(self) -> tuple:
+        return (self.L, self.d, self.N, self.K, self.tiles.blocks(self.d), self.chunks, *self.strides)
+
+    def states(self, like: Tensor, dtype: torch.dtype) -> Tensor:
+        """Buffer for the state entering every tile: (batch, K, chunks, d, N)."""
+        return like.new_empty((self.batch, self.K, self.chunks, self.d, self.N), dtype=dtype)
+
+    def bwd_buffers(self, like: Tensor, B: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """dB, dC (zeroed when added atomically) and the per-batch partial sums of dA, dD, ddelta_bias."""
+        new_bc = torch.zeros if self.atomic_bc else torch.empty
+        dB, dC = (new_bc(B.shape, dtype=dtype, device=like.device) for _ in range(2))
+        params = (self.batch, self.K * self.d)
+        return (dB, dC, like.new_empty((*params, self.N), dtype=dtype), like.new_empty(params, dtype=dtype),
+                like.new_empty(params, dtype=dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+#                     Mamba layout: (batch, channels, L) signals, grouped B and C
+# ------------------------------------------------------------------------------------------------
+
+def _mamba_launch(u: Tensor, A: Tensor, B: Tensor) -> _Launch:
+    batch, channels, L = u.shape
+    groups, N = B.shape[1], A.shape[1]
+    d = channels // groups
+    sb, sc, sl = u.stride()
+    strides = (sb, d * sc, sc, sl) * 2 + tuple(B.stride())   # u-like and delta-like share the layout
+    return _Launch(_tiles(N, d, batch * groups, u.device), batch, L, d, N, groups, 1, strides)
+
+
+def _mamba_flags(D, z, delta_bias, delta_softplus) -> dict:
+    return dict(DIRS=1, HAS_PATH=False, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+                HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus))
+
+
+def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool
+                       ) -> tuple[Tensor, Tensor]:
+    """Selective scan on the normalised shapes of ``selective_scan``: u, delta, z (batch, channels, L)
+    contiguous; A (channels, N); B, C (batch, groups, N, L) contiguous; D, delta_bias (channels,).
+
+    Returns ``out`` in u's dtype and the last state (batch, channels, N) in float32 (float64 for float64).
+    """
+    launch = _mamba_launch(u, A, B)
+    acc = _acc_dtype(u.dtype)
+    out = torch.empty_like(u)
+    last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=acc)
+    _kernels(u.device).scan_fwd_kernel[launch.grid](
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, out, last, A, *launch.scalars(),
+        **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True, STORE_LAST=True, STORE_CKPT=False,
+        ACC=_tl_dtype(acc), **launch.tiles.meta())
+    return out, last
+
+
+def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                       delta_softplus: bool) -> list[Tensor]:
+    """Gradients w.r.t. (u, delta, A, B, C, D, z, delta_bias), each in its input's shape and dtype;
+    ``u.new_empty(0)`` for an absent optional argument. ``dout`` must be contiguous like ``u``.
+
+    Two launches: a state-only forward pass that stores the state entering every tile, then the
+    reverse-time pass.
+    """
+    launch = _mamba_launch(u, A, B)
+    acc = _acc_dtype(u.dtype)
+    kernels, flags = _kernels(u.device), _mamba_flags(D, z, delta_bias, delta_softplus)
+    states = launch.states(u, acc)
+    kernels.scan_fwd_kernel[launch.grid](
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, u, A, states, *launch.scalars(),
+        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=_tl_dtype(acc), **launch.tiles.meta())
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else u.new_empty(0)
+    dB, dC, dA, dD, dbias = launch.bwd_buffers(u, B, acc)
+    kernels.scan_bwd_kernel[launch.grid](
+        dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, states,
+        du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
+        **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta())
+    empty = u.new_empty(0)
+    return [du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            empty if D is None else dD.sum(0).to(D.dtype), dz,
+            empty if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
+
+
+# ------------------------------------------------------------------------------------------------
+#             Fused SS2D scan: four directions read through the path table, pixel order in/out
+# ------------------------------------------------------------------------------------------------
+
+def _ss2d_launch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> _Launch:
+    batch, L, d = x.shape
+    K, N = delta.shape[2], A.shape[1]
+    xb, xl, xc = x.stride()
+    db, dl, dk, dc = delta.stride()
+    Bb, Bl, Bk, Bn = B.stride()
+    strides = (xb, 0, xc, xl, db, dk, dc, dl, Bb, Bk, Bn, Bl)   # every direction reads the same x
+    return _Launch(_tiles(N, d, batch, x.device), batch, L, d, N, K, K, strides)
+
+
+_SS2D_FLAGS = dict(HAS_PATH=True, HAS_D=True, HAS_BIAS=True, HAS_Z=False, SOFTPLUS=True)
+
+
+@torch.library.custom_op("lamamba::ss2d_scan_fwd", mutates_args=())
+def _ss2d_fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
+              paths: Tensor, save_states: bool) -> tuple[Tensor, Tensor]:
+    """y (batch, L, d) and, with ``save_states``, the tile-start states (batch, K, chunks, d, N)."""
+    launch = _ss2d_launch(x, delta, A, B)
+    acc = _acc_dtype(x.dtype)
+    y = torch.empty(x.shape, dtype=acc, device=x.device)
+    states = launch.states(x, acc) if save_states else x.new_empty(0, dtype=acc)
+    _kernels(x.device).scan_fwd_kernel[launch.grid](
+        x, delta, A, B, C, D, delta_bias, x, paths, y, A, states, *launch.scalars(),
+        DIRS=launch.K, **_SS2D_FLAGS, WRITE_OUT=True, STORE_LAST=False, STORE_CKPT=save_states,
+        ACC=_tl_dtype(acc), **launch.tiles.meta())
+    return y, states
+
+
+@_ss2d_fwd.register_fake
+def _(x, delta, A, B, C, D, delta_bias, paths, save_states):
+    acc = _acc_dtype(x.dtype)
+    chunks = triton.cdiv(x.shape[1], LAUNCH.block_t)
+    shape = (x.shape[0], delta.shape[2], chunks, x.shape[2], A.shape[1]) if save_states else (0,)
+    return x.new_empty(x.shape, dtype=acc), x.new_empty(shape, dtype=acc)
+
+
+@torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
+def _ss2d_bwd(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+              delta_bias: Tensor, paths: Tensor, states: Tensor) -> list[Tensor]:
+    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias) in the inputs' shapes and dtypes."""
+    launch = _ss2d_launch(x, delta, A, B)
+    acc = _acc_dtype(x.dtype)
+    dx = torch.empty(x.shape, dtype=acc, device=x.device)   # accumulates the K directions
+    ddelta = torch.empty_like(delta)
+    dB, dC, dA, dD, dbias = launch.bwd_buffers(x, B, acc)
+    _kernels(x.device).scan_bwd_kernel[launch.grid](
+        dy, x, delta, A, B, C, D, delta_bias, x, paths, states,
+        dx, ddelta, dx, dB, dC, dA, dD, dbias, *launch.scalars(),
+        DIRS=launch.K, **_SS2D_FLAGS, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta())
+    return [dx.to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
+
+
+@_ss2d_bwd.register_fake
+def _(dy, x, delta, A, B, C, D, delta_bias, paths, states):
+    return [torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias)]
+
+
+def _ss2d_setup_context(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, paths, _ = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, paths, output[1])
+
+
+def _ss2d_backward(ctx, dy, dstates):
+    grads = _ss2d_bwd(dy.contiguous(), *ctx.saved_tensors)
+    return (*grads, None, None)
+
+
+_ss2d_fwd.register_autograd(_ss2d_backward, setup_context=_ss2d_setup_context)
+
+
+def ss2d_selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                        delta_bias: Tensor, paths: Tensor, inverse: Tensor) -> Tensor:
+    """Fused SS2D scan (shapes in ``lamamba.ops.ss2d_scan``): x (b, L, d), delta (b, L, K, d),
+    B, C (b, L, K, N), A (K*d, N), D, delta_bias (K*d,), paths (K, L) int64; softplus always on.
+
+    Returns y (b, L, d) in float32 (float64 for float64 x), the sum of the K directions in pixel order.
+    ``inverse`` is accepted for the common signature; the kernel accumulates at ``paths[k, t]`` directly.
+    Differentiable in every tensor argument except the paths. The tile-start states are kept for the
+    backward only when a gradient can be needed.
+    """
+    _check_ss2d(x, delta, A, B, C, D, delta_bias, paths)
+    tensors = (x, delta, A, B, C, D, delta_bias)
+    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    y, _ = _ss2d_fwd(*(t.contiguous() for t in tensors), paths.contiguous(), save_states)
+    return y
+
+
+def _check_ss2d(x, delta, A, B, C, D, delta_bias, paths) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be (batch, L, d); got {tuple(x.shape)}")
+    b, L, d = x.shape
+    if paths.dim() != 2 or paths.shape[1] != L or paths.dtype != torch.int64:
+        raise ValueError(f"paths must be (K, L={L}) int64 as from lamamba.ops.scan_paths.scan_paths; "
+                         f"got {tuple(paths.shape)} {paths.dtype}")
+    K = paths.shape[0]
+    N = A.shape[-1]
+    expected = {"delta": (delta, (b, L, K, d)), "A": (A, (K * d, N)), "B": (B, (b, L, K, N)),
+                "C": (C, (b, L, K, N)), "D": (D, (K * d,)), "delta_bias": (delta_bias, (K * d,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for x {tuple(x.shape)} and {K} paths; "
+                             f"got {tuple(t.shape)}")
+    if any(t.device != x.device for t in (delta, A, B, C, D, delta_bias, paths)):
+        raise ValueError("all SS2D scan tensors, paths included, must be on x's device")
