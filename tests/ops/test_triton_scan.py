@@ -36,6 +36,7 @@ def gpu(test):
                                     reason="needs CUDA and compiled (not interpreted) Triton")
     return pytest.mark.gpu(needs_cuda(test))
 
+
 MAMBA_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 SS2D_NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -161,8 +162,9 @@ def ss2d_inputs(batch, H, W, d, N, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     L, K = H * W, 4
-    inp = dict(x=r(batch, L, d), delta=r(batch, L, K, d), A=-torch.rand(K * d, N, generator=g, dtype=torch.float64) - 0.1,
-               B=r(batch, L, K, N), C=r(batch, L, K, N), D=r(K * d), delta_bias=r(K * d) * 0.1)
+    inp = dict(x=r(batch, L, d), delta=r(batch, L, K, d),
+               A=-torch.rand(K * d, N, generator=g, dtype=torch.float64) - 0.1, B=r(batch, L, K, N),
+               C=r(batch, L, K, N), D=r(K * d), delta_bias=r(K * d) * 0.1)
     return {k: v.to(dtype) for k, v in inp.items()}
 
 
@@ -214,6 +216,22 @@ def test_ss2d_dispatch_and_states_only_when_differentiating(monkeypatch):
     y, states = torch.ops.lamamba.ss2d_scan_fwd(*args, paths, False)
     assert states.numel() == 0
     torch.testing.assert_close(y, ref)
+
+
+@interpreter
+def test_ss2d_custom_ops_pass_opcheck_and_compile_to_one_graph():
+    inp = ss2d_inputs(1, 2, 4, 2, 1, dtype=torch.float32)
+    paths, inverse = scan_paths(2, 4)
+    args = [inp[k].requires_grad_(True) for k in SS2D_NAMES]
+    torch.library.opcheck(torch.ops.lamamba.ss2d_scan_fwd.default, (*args, paths, True))
+    y, states = torch.ops.lamamba.ss2d_scan_fwd(*[a.detach() for a in args], paths, True)
+    torch.library.opcheck(torch.ops.lamamba.ss2d_scan_bwd.default,
+                          (torch.randn_like(y), *[a.detach() for a in args], paths, states))
+    fn = lambda *a: triton_scan.ss2d_selective_scan(*a, paths, inverse).square().sum()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")   # fullgraph: no graph break
+    loss, ref = compiled(*args), fn(*args)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args))
 
 
 def test_ss2d_meta_tensors_give_shapes():

@@ -30,6 +30,7 @@ from triton.runtime.jit import JITFunction
 
 from lamamba.ops import triton_scan_kernels
 
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tile sizes and launch parameters (chosen from H100 register budgets: no spills at the defaults).

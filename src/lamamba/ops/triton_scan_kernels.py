@@ -6,7 +6,9 @@ and a block of ``BLOCK_D`` channels, walks the time axis in tiles of ``BLOCK_T``
 solves the recurrence for the whole ``[BLOCK_T, BLOCK_D, BLOCK_N]`` block with one parallel prefix scan
 (``tl.associative_scan``) over the composition of affine maps ``h -> a h + b`` (Blelloch 1990; the
 operator is associative, so the scan is exact up to rounding). The state entering the tile is carried in
-registers from the previous tile, so every input is read once, as whole coalesced tiles.
+registers from the previous tile; inputs are loaded as whole tiles (coalesced along the contiguous axis:
+time in the Mamba layout, channels in the channels-last SS2D layout). ``STAGES > 1`` asks Triton to
+software-pipeline the tile loads of the time loop.
 
 One kernel pair serves both layouts through strides. Tensors come in three families:
 
@@ -29,7 +31,15 @@ The backward walks the tiles in reverse. The state entering each tile comes from
 states are recomputed with the forward scan, and the adjoint ``g_t = dL/dh_t`` solves the reverse recurrence
 ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` with the same forward scan on tiles loaded in reverse time order
 (then flipped back), because ``associative_scan(reverse=True)`` mis-orders non-commutative operators on
-some Triton versions (triton-lang/triton#4362).
+some Triton versions (triton-lang/triton#4362). With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
+
+    d delta_t = sum_n g_t (A (h_t - b_t) + B_t u_t)        d u_t = delta_t sum_n g_t B_t + D dy_t
+    d B_t     = sum_channels g_t delta_t u_t                d C_t = sum_channels dy_t h_t
+    d A       = sum_t g_t (h_t - b_t) delta_t               d D   = sum_t dy_t u_t
+
+Sums over time are kept in registers and written once per (batch, channel block) (the host sums over
+the batch); sums over channels are reduced inside the block, then added to fp32 buffers with atomics
+when several channel blocks share a direction.
 """
 from __future__ import annotations
 
