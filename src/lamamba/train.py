@@ -1,0 +1,199 @@
+"""``lamamba train``: train LaMamba-Diff (or a DiT baseline) with the paper's recipe, or the built-in demo.
+
+With no arguments it trains a small class-conditional LaMamba-Diff on scikit-learn's digits (16x16 pixels,
+CPU, a few minutes) and writes sample grids to ``results/<NNN>-<model>/samples/``. Under
+``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel (NCCL on CUDA, gloo on CPU).
+
+    lamamba train                                              # the digits demo
+    lamamba train --data fashion-mnist                         # Fashion-MNIST preset (one GPU)
+    lamamba train --preset paper --data latents/imagenet256    # the paper's XL recipe on extracted latents
+    torchrun --nproc_per_node=8 -m lamamba.train --preset paper --data /imagenet/train \\
+        --vae stabilityai/sd-vae-ft-mse --model LaMamba-Diff-XL --image-size 256
+
+A run directory holds ``run_config.json`` (everything resolved, written before training), ``log.txt``,
+``metrics.jsonl``, ``samples/`` and ``checkpoints/<step>/``; giving the same ``--run-dir`` again resumes from its
+newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``lamamba train``; every default not shown comes from the preset (see training/config.py)."""
+    from lamamba.training.config import PRESETS
+
+    g = parser.add_argument_group("preset and data")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default settings: digits (CPU demo), fashion-mnist, paper (default: the built-in "
+                        "dataset's own preset, else paper)")
+    g.add_argument("--data", default=None, help="'digits' (default), 'fashion-mnist', an image folder or a "
+                                                "latent directory from `lamamba extract-latents`")
+    g.add_argument("--image-size", type=int, default=None, help="pixel side (default: the dataset's; paper: 256)")
+    g.add_argument("--vae", default=None, help="train in this VAE's latent space, encoding on the fly "
+                                               "(hub id or local directory; needs `pip install lamamba[vae]`)")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per process (default: 0)")
+
+    g = parser.add_argument_group("model and diffusion")
+    g.add_argument("--model", default=None, help="registered model name, e.g. LaMamba-Diff-XL or DiT-XL/2")
+    g.add_argument("--model-arg", dest="model_args", type=_model_arg, action="append", default=None,
+                   metavar="KEY=VALUE", help="override a model config field (JSON value), repeatable")
+    g.add_argument("--diffusion-steps", type=int, default=None, help="training diffusion steps (default: 1000)")
+    g.add_argument("--noise-schedule", default=None, help="beta schedule (default: linear)")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--global-batch-size", type=int, default=None, help="images per step over all processes")
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default: 1)")
+    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper: 1e-4)")
+    g.add_argument("--lr-warmup", type=int, default=None, help="linear learning-rate warm-up steps (default: 0)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (paper: 0)")
+    g.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                   help="AdamW betas (default: 0.9 0.999)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this (default: off)")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay (paper: 0.9999)")
+    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="EMA decay min(decay, (1+n)/(10+n)) at update n (demo presets: on)")
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train for")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (parameters are always fp32)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute block activations in the backward pass (less memory, ~30%% slower)")
+    g.add_argument("--seed", type=int, default=None, help="global seed (default: 0)")
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+
+    g = parser.add_argument_group("run directory, logging and checkpoints")
+    g.add_argument("--results-dir", default=None, help="parent of numbered run directories (default: results)")
+    g.add_argument("--run-dir", default=None, help="use this run directory (resumes it if it has checkpoints)")
+    g.add_argument("--resume", default=None, metavar="auto|never|PATH",
+                   help="auto: continue from the run directory's newest checkpoint if any (default); never; "
+                        "or a run/checkpoint directory to continue from")
+    g.add_argument("--log-every", type=int, default=None, help="log metrics every N steps")
+    g.add_argument("--ckpt-every", type=int, default=None, help="save a checkpoint every N steps (and at the end)")
+    g.add_argument("--keep-last", type=int, default=None, help="keep the newest K checkpoints, 0 = all (default: 3)")
+    g.add_argument("--sample-every", type=int, default=None, help="save an EMA sample grid every N steps")
+    g.add_argument("--sample-num", type=int, default=None, help="images in the sample grid (0: no grids)")
+    g.add_argument("--sample-sampler", choices=("ddpm", "ddim", "dpm++2m"), default=None, help="grid sampler")
+    g.add_argument("--sample-steps", type=int, default=None, help="grid sampling steps")
+    g.add_argument("--sample-cfg", type=float, default=None, help="grid guidance scale")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="do not write TensorBoard events")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The resolved :class:`TrainConfig` of parsed ``lamamba train`` arguments."""
+    from lamamba.training.config import TrainConfig, resolve_config
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    if overrides.get("model_args") is not None:
+        overrides["model_args"] = dict(overrides["model_args"])
+    return resolve_config(overrides)
+
+
+def _run_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model)
+
+
+def prepare_run(config, env) -> tuple[Path, Path | None]:
+    """The run directory (rank 0 decides, everyone agrees) and the checkpoint to resume from, if any."""
+    from lamamba.checkpoint import list_checkpoints
+    from lamamba.training.checkpoint import clean_unfinished, find_resume_checkpoint
+    from lamamba.training.distributed import broadcast_object
+
+    resume: Path | None = None
+    if config.resume not in ("auto", "never"):
+        resume = find_resume_checkpoint(config.resume)
+        run_dir = Path(config.run_dir) if config.run_dir else resume.parent.parent
+    elif config.run_dir:
+        run_dir = Path(config.run_dir)
+        found = list_checkpoints(run_dir / "checkpoints")
+        if found and config.resume == "never":
+            raise ValueError(f"{run_dir} already holds checkpoints; resume it (--resume auto) or choose another "
+                             "--run-dir")
+        if found:
+            resume = find_resume_checkpoint(found[-1][1])
+    else:
+        run_dir = None
+        if env.is_main:
+            results = Path(config.results_dir)
+            taken = [int(p.name.split("-", 1)[0]) for p in results.glob("[0-9][0-9][0-9]*-*") if p.is_dir()
+                     and p.name.split("-", 1)[0].isdigit()] if results.is_dir() else []
+            run_dir = results / f"{max(taken, default=-1) + 1:03d}-{_run_name(config.model)}"
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
+    if env.is_main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        clean_unfinished(run_dir / "checkpoints")
+    return run_dir, resume
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as configured by ``args``; returns 0, or 1 if training diverged (NaN/inf loss)."""
+    import torch
+
+    from lamamba.training.distributed import barrier, init_distributed, shutdown_distributed
+    from lamamba.training.logs import RunLogger
+    from lamamba.training.loop import Trainer, TrainingDiverged
+
+    config = config_from_args(args)
+    env = init_distributed(config.device)
+    try:
+        if env.device.type == "cuda":  # TF32 matmuls/convolutions, as the authors (never set at import)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        run_dir, resume = prepare_run(config, env)
+        barrier()
+        with RunLogger(run_dir, is_main=env.is_main, tensorboard=config.tensorboard) as log:
+            trainer = Trainer(config, env, run_dir, log, resume_from=resume)
+            resolved = trainer.run_config()
+            if env.is_main:
+                (run_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+            log.info("run directory %s (preset %s)", run_dir, config.preset)
+            log.info("%s: %.2f M parameters, %s, %d process(es) on %s, %s, batch %d per process x %d accumulation",
+                     config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"], env.world_size,
+                     env.device, trainer.precision, trainer.per_rank_batch, config.grad_accum)
+            try:
+                trainer.fit()
+            except TrainingDiverged as error:
+                log.error("%s", error)
+                if not env.is_main:
+                    print(f"rank {env.rank}: {error}", file=sys.stderr)
+                return 1
+            log.info("done: %d steps; newest checkpoint %s", trainer.step, trainer.last_checkpoint)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lamamba.train", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lamamba train: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Training configuration: one dataclass, a table of presets, and their resolution from the command line.
+
+A preset gives every default; flags given on the command line override it. ``paper`` is the recipe of the
+paper (section 5.1) and SPEC section 7: AdamW, learning rate 1e-4, no weight decay, betas (0.9, 0.999),
+global batch 256, EMA 0.9999 from the first step, constant learning rate, no gradient clipping, bf16 autocast
+on GPUs (the authors: fp32 + TF32). ``digits`` is the built-in CPU demo; ``fashion-mnist`` a small GPU run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig", "PRESETS", "DIGITS_DEMO_MODEL", "default_preset", "resolve_config"]
+
+# The built-in demo's network: LaMamba-Diff at width 32 with one block per encoder stage and 2x2 patches,
+# so that the 16x16 digits become an 8x8 token map (each token ~ one pixel of the original 8x8 scan).
+# 2.5 M parameters; the selective-scan reference is what costs most on a CPU (see docs/PERFORMANCE.md).
+DIGITS_DEMO_MODEL: dict[str, Any] = dict(embed_dim=32, cond_dim=64, num_heads=2, window_size=4,
+                                         depths=(1, 1, 1, 0), patch_size=2)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # LaMamba-Diff-XL/2 at 256 px in the SD-VAE latent space (paper section 5.1).
+    "paper": dict(data=None, model="LaMamba-Diff-XL", image_size=256, global_batch_size=256, lr=1e-4, ema_decay=0.9999,
+                  ema_warmup=False, max_steps=400_000, log_every=100, ckpt_every=50_000, sample_every=10_000,
+                  sample_num=16, sample_sampler="dpm++2m", sample_steps=20, sample_cfg=4.0),
+    # The CPU demo: class-conditional digits in pixel space in a few minutes on two cores. A large learning
+    # rate and a short, warmed-up EMA because the run is only hundreds of steps long (0.9999 would average
+    # over ~10,000 steps and return nearly the initial weights).
+    "digits": dict(data="digits", model="LaMamba-Diff-S", model_args=DIGITS_DEMO_MODEL, global_batch_size=64,
+                   lr=2e-3, ema_decay=0.995, ema_warmup=True, max_steps=1000, log_every=25, ckpt_every=500,
+                   sample_every=500, sample_num=100, sample_sampler="ddim", sample_steps=25, sample_cfg=3.0),
+    # Fashion-MNIST (28x28 padded to 32x32) in pixel space: a small model for one GPU.
+    "fashion-mnist": dict(data="fashion-mnist", image_size=32, model="LaMamba-Diff-S",
+                          model_args=dict(embed_dim=64, cond_dim=128, num_heads=4, window_size=4, patch_size=2),
+                          global_batch_size=128, lr=5e-4, ema_decay=0.999, ema_warmup=True, max_steps=20_000,
+                          log_every=100, ckpt_every=5_000, sample_every=2_000, sample_num=100,
+                          sample_sampler="ddim", sample_steps=50, sample_cfg=3.0),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved as ``run_config.json`` together with the model/data/diffusion)."""
+
+    preset: str = "digits"
+    # data
+    data: str | None = "digits"           # "digits", "fashion-mnist", an image folder or a latent directory
+    image_size: int | None = None         # pixel side (None: the dataset's own size)
+    vae: str | None = None                # encode images on the fly with this VAE (latent-space training)
+    num_workers: int = 0
+    # model
+    model: str = "LaMamba-Diff-S"
+    model_args: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
+    # diffusion (SPEC 7.1)
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
+    # optimisation (paper 5.1, SPEC 7.4)
+    global_batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 1e-4
+    lr_warmup: int = 0                    # linear warm-up steps (0: constant, as the paper)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False
+    max_steps: int = 400_000
+    precision: str = "auto"               # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"
+    # run directory, logging, checkpoints, sample grids
+    results_dir: str = "results"
+    run_dir: str | None = None
+    resume: str = "auto"                  # "auto", "never" or a checkpoint path
+    log_every: int = 100
+    ckpt_every: int = 50_000
+    keep_last: int = 3
+    sample_every: int = 10_000
+    sample_num: int = 16
+    sample_sampler: str = "dpm++2m"
+    sample_steps: int = 20
+    sample_cfg: float = 4.0
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError(f"the {self.preset!r} preset needs --data (an image folder, a latent directory "
+                             "from `lamamba extract-latents`, 'digits' or 'fashion-mnist')")
+        positive = ("global_batch_size", "grad_accum", "max_steps", "log_every", "ckpt_every", "sample_every",
+                    "diffusion_steps", "sample_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.lr_warmup < 0 or self.keep_last < 0:
+            raise ValueError("lr must be > 0, and weight-decay, lr-warmup, keep-last >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad-clip must be positive, got {self.grad_clip}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.sample_num < 0:
+            raise ValueError(f"sample-num must be >= 0, got {self.sample_num}")
+
+    def per_rank_batch(self, world_size: int) -> int:
+        """Micro-batch of one rank: global batch / (world size x accumulation steps), which must divide."""
+        parts = world_size * self.grad_accum
+        if self.global_batch_size % parts:
+            raise ValueError(f"global batch size {self.global_batch_size} is not divisible by world size "
+                             f"{world_size} x grad-accum {self.grad_accum}; choose a multiple of {parts}")
+        return self.global_batch_size // parts
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def default_preset(data: str | None) -> str:
+    """The preset used when none is named: the built-in dataset's own, else the paper's."""
+    return data if data in ("digits", "fashion-mnist") else ("digits" if data is None else "paper")
+
+
+def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
+    """The preset (``overrides["preset"]`` or :func:`default_preset`) updated with every non-None override."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    preset = given.pop("preset", None) or default_preset(given.get("data"))
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(given) - fields
+    if unknown:
+        raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+    values = {**PRESETS[preset], **given, "preset": preset}
+    if "model_args" in given:  # --model-arg adds to the preset's model overrides unless the model changes
+        base = PRESETS[preset].get("model_args", {}) if values["model"] == PRESETS[preset].get("model") else {}
+        values["model_args"] = {**base, **given["model_args"]}
+    elif values["model"] != PRESETS[preset].get("model"):
+        values["model_args"] = {}
+    config = TrainConfig(**values)
+    config.betas = tuple(config.betas)
+    config.model_args = dict(config.model_args)
+    config.validate()
+    return config

@@ -1,0 +1,334 @@
+"""The training loop (paper section 5.1, SPEC section 7): DDP, EMA, bf16 autocast, checkpoints, sample grids.
+
+One optimizer step (``Trainer.train_step``):
+
+1. for each of ``grad_accum`` micro-batches: draw the timesteps and noise of the *global* micro-batch from a
+   generator seeded by (seed, micro-step) and keep this rank's share (the rows the data sampler gave this
+   rank: ``r, r + W, ...``), so the samples, their noise and their timesteps -- hence the loss curve -- are the
+   same on any number of ranks; run the loss ``MSE(eps) + L_vb`` (SPEC 7.1) and backpropagate (DDP
+   synchronises gradients on the last micro-batch only);
+2. sum loss/mse/vb over ranks and take the gradient norm (one small all-reduce and one host sync per step);
+   a non-finite loss or norm stops the run *before* the weights change (``TrainingDiverged``);
+3. AdamW step, EMA update.
+
+Periodic work runs through callbacks (``Trainer.add_callback``): checkpoints and sample grids are two of
+them, an in-training FID evaluation would be a third. Label dropout (the model's ``class_dropout_prob``),
+dataset flips and on-the-fly VAE sampling draw from each rank's global generator, which checkpoints save.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from lamamba.diffusion import create_diffusion
+from lamamba.models import create_model
+from lamamba.sample import generate, sample_seed, save_grid, to_uint8
+from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from lamamba.training.config import TrainConfig
+from lamamba.training.data import build_training_data, forever
+from lamamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
+from lamamba.training.ema import EMA
+from lamamba.training.grad_checkpoint import enable_gradient_checkpointing
+from lamamba.training.logs import RunLogger
+
+__all__ = ["Callback", "Trainer", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; the weights were not updated with it."""
+
+
+@dataclass
+class Callback:
+    """``fn(trainer)`` after every ``every``-th optimizer step (and after the last step if ``at_end``).
+
+    Callbacks run on every rank (so collective work such as sharded sampling is possible); use
+    ``trainer.env.is_main`` for rank-0-only work.
+    """
+
+    name: str
+    every: int
+    fn: Callable[[Trainer], None]
+    at_end: bool = True
+
+
+class Trainer:
+    """Builds data, model, EMA, optimizer and diffusion from a :class:`TrainConfig`; ``fit()`` trains.
+
+    ``resume_from``: a training checkpoint directory to continue from (same step, data position and RNG).
+    """
+
+    def __init__(self, config: TrainConfig, env: DistEnv, run_dir: Path, log: RunLogger,
+                 resume_from: Path | None = None) -> None:
+        self.config, self.env, self.run_dir, self.log = config, env, Path(run_dir), log
+        self.per_rank_batch = config.per_rank_batch(env.world_size)
+        self.data = build_training_data(config, env, self.per_rank_batch)
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = create_model(config.model, **self.data.model_kwargs, **config.model_args).to(env.device)
+        self.diffusion = create_diffusion(noise_schedule=config.noise_schedule, diffusion_steps=config.diffusion_steps,
+                                          learn_sigma=self.model.config.learn_sigma)
+        self.ema = EMA(self.model, config.ema_decay, warmup=config.ema_warmup)
+        if config.grad_checkpointing:
+            enable_gradient_checkpointing(self.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                           weight_decay=config.weight_decay)
+        precision = config.precision if config.precision != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
+        self.precision = precision
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        torch.manual_seed(config.seed * env.world_size + env.rank)  # per-rank stream (DiT, SPEC 7.4)
+        self.step = 0
+        if resume_from is not None:
+            self._resume(Path(resume_from))
+
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                            else None) if env.distributed else None)
+        net = self.ddp if self.ddp is not None else self.model
+        self.net = torch.compile(net) if config.compile else net
+        self.callbacks: list[Callback] = [
+            Callback("checkpoint", config.ckpt_every, Trainer.save_checkpoint),
+            Callback("sample grid", config.sample_every, Trainer.save_sample_grid),
+        ]
+        self.last_checkpoint: Path | None = resume_from
+        self._grid_vae: Any = self.data.vae
+        self._grid_warned = False
+
+    # ---------------------------------------------------------------------------------------------
+    #                                        Setup
+    # ---------------------------------------------------------------------------------------------
+
+    def add_callback(self, name: str, every: int, fn: Callable[[Trainer], None], *, at_end: bool = True) -> None:
+        """Run ``fn(trainer)`` every ``every`` steps (e.g. an FID evaluation of ``trainer.ema.model``)."""
+        if every < 1:
+            raise ValueError(f"callback {name!r}: every must be a positive number of steps, got {every}")
+        self.callbacks.append(Callback(name, every, fn, at_end))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def run_config(self) -> dict[str, Any]:
+        """The resolved configuration saved as ``run_config.json``: arguments, model, diffusion, data, ranks."""
+        return {
+            "train": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "diffusion": self.diffusion_config(),
+            "data": self.data.info,
+            "world_size": self.env.world_size,
+            "per_rank_batch_size": self.per_rank_batch,
+            "precision": self.precision,
+            "device": str(self.env.device),
+            "num_parameters": self.num_parameters(),
+            "torch_version": torch.__version__,
+        }
+
+    def diffusion_config(self) -> dict[str, Any]:
+        return {"diffusion_steps": self.config.diffusion_steps, "noise_schedule": self.config.noise_schedule,
+                "learn_sigma": bool(self.model.config.learn_sigma)}
+
+    def inference_info(self) -> dict[str, Any]:
+        """``config.json`` of the inference weights: enough to rebuild the model and sample from it."""
+        d = self.data.info
+        return {"model": self.model.config.to_dict(), "weights": "ema", "step": self.step,
+                "image_size": d["image_size"], "image_channels": d["image_channels"],
+                "num_classes": d["num_classes"], "class_names": d["class_names"], "latent": d["latent"],
+                "diffusion": self.diffusion_config(), "ema_decay": self.config.ema_decay, "run": self.run_dir.name}
+
+    def _resume(self, directory: Path) -> None:
+        state, meta = load_checkpoint(directory)
+        saved_model = meta.get("run_config", {}).get("model_config")
+        if saved_model is not None and saved_model != json.loads(json.dumps(self.model.config.to_dict())):
+            raise ValueError(f"{directory} was trained with a different model configuration; resume with the "
+                             "same --model/--model-arg/data settings or start a new --run-dir")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"], meta["ema"]["num_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # hyper-parameters come from this run's configuration
+            group.update(betas=tuple(self.config.betas), weight_decay=self.config.weight_decay)
+        self.data.loader.load_state_dict(meta["data"])
+        self.step = int(meta["step"])
+        if len(state["rng"]) == self.env.world_size:
+            restore_rng_state(state["rng"][self.env.rank], self.env.device)
+        else:
+            self.log.warning("the checkpoint was written by %d rank(s), this run has %d: random streams restart "
+                             "(noise and timesteps do not depend on the rank count)", len(state["rng"]),
+                             self.env.world_size)
+        self.log.info("resumed from %s at step %d", directory, self.step)
+
+    # ---------------------------------------------------------------------------------------------
+    #                                      One step
+    # ---------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
+
+    def _model_fn(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        with self._autocast():
+            return self.net(x, t, **kwargs).float()  # the diffusion arithmetic stays float32
+
+    def _noise_and_timesteps(self, micro_step: int, shape: torch.Size) -> tuple[Tensor, Tensor]:
+        """This rank's rows of the global micro-batch's timesteps and noise (see the module docstring)."""
+        W, r, dev = self.env.world_size, self.env.rank, self.env.device
+        g = torch.Generator(dev).manual_seed(sample_seed(self.config.seed, micro_step))
+        n = shape[0] * W
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=g, device=dev)[r::W]
+        noise = torch.randn((n, *shape[1:]), generator=g, device=dev)[r::W]
+        return t, noise
+
+    def _lr(self, step: int) -> float:
+        warmup = self.config.lr_warmup
+        return self.config.lr * (min(1.0, step / warmup) if warmup else 1.0)
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step on ``grad_accum`` micro-batches from ``batches``; returns global means."""
+        cfg, dev = self.config, self.env.device
+        self.model.train()
+        sums = torch.zeros(3, device=dev, dtype=torch.float64)
+        for micro in range(cfg.grad_accum):
+            x, y = next(batches)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if self.data.encode is not None:
+                x = self.data.encode(x)
+            t, noise = self._noise_and_timesteps(self.step * cfg.grad_accum + micro, x.shape)
+            last = micro == cfg.grad_accum - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                losses = self.diffusion.training_losses(self._model_fn, x, t, {"y": y}, noise=noise)
+                (losses["loss"].mean() / cfg.grad_accum).backward()
+            sums += torch.stack([losses[k].detach().sum() for k in ("loss", "mse", "vb")]).double()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # gradients are identical on every rank after DDP's all-reduce, so the summed norm / W is that norm
+        stats = all_reduce_sum(torch.cat([sums, grad_norm.double().reshape(1) / self.env.world_size]))
+        loss, mse, vb, norm = stats.tolist()
+        loss, mse, vb = (v / cfg.global_batch_size for v in (loss, mse, vb))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
+                "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {norm}. The weights were "
+                f"not updated with it and {kept}. Lower --lr, set --grad-clip, or use --precision fp32")
+        lr = self._lr(self.step + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update()
+        self.step += 1
+        return {"loss": loss, "mse": mse, "vb": vb, "grad_norm": norm, "lr": lr}
+
+    # ---------------------------------------------------------------------------------------------
+    #                                       The loop
+    # ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Train until ``max_steps``, logging every ``log_every`` steps and running the callbacks."""
+        cfg = self.config
+        batches = forever(self.data.loader)
+        self.log.progress(self.step, cfg.max_steps)
+        window: dict[str, float] = {}
+        window_steps, window_time = 0, 0.0
+        while self.step < cfg.max_steps:
+            tic = time.perf_counter()
+            stats = self.train_step(batches)
+            elapsed = time.perf_counter() - tic
+            window_steps, window_time = window_steps + 1, window_time + elapsed
+            for key in ("loss", "mse", "vb", "grad_norm"):
+                window[key] = window.get(key, 0.0) + stats[key]
+            self.log.advance(loss=f"{stats['loss']:.4f}", img_s=f"{cfg.global_batch_size / elapsed:.0f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                values = {k: v / window_steps for k, v in window.items()}
+                values.update(lr=stats["lr"], images_per_sec=cfg.global_batch_size * window_steps / window_time,
+                              epoch=self.data.loader.epoch)
+                self.log.metrics(self.step, values)
+                self.log.info("step %d  loss %.4f  mse %.4f  vb %.4f  grad %.3f  %.1f img/s", self.step,
+                              values["loss"], values["mse"], values["vb"], values["grad_norm"],
+                              values["images_per_sec"])
+                window, window_steps, window_time = {}, 0, 0.0
+            for callback in self.callbacks:
+                if self.step % callback.every == 0 or (callback.at_end and self.step == cfg.max_steps):
+                    callback.fn(self)
+
+    # ---------------------------------------------------------------------------------------------
+    #                                 Checkpoints and samples
+    # ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state of every rank (rank 0 writes; all ranks must call this)."""
+        rng_states = all_gather_objects(capture_rng_state(self.env.device))
+        path = None
+        if self.env.is_main:
+            meta = {"data": self.data.loader.state_dict(), "world_size": self.env.world_size,
+                    "ema": {"decay": self.ema.decay, "warmup": self.ema.warmup, "num_updates": self.ema.num_updates},
+                    "run_config": self.run_config()}
+            path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=self.model,
+                                   ema_model=self.ema.model, optimizer=self.optimizer, rng_states=rng_states,
+                                   meta=meta, info=self.inference_info(), keep_last=self.config.keep_last)
+            self.log.info("saved checkpoint %s", path)
+        barrier()
+        self.last_checkpoint = path or self.run_dir / "checkpoints" / f"{self.step:07d}"
+        return path
+
+    def grid_labels(self) -> Tensor | None:
+        """Fixed labels of the sample grid: every class in turn, or a fixed random draw if there are many."""
+        n, k = self.config.sample_num, self.data.info["num_classes"]
+        if k == 0:
+            return None
+        if k <= n:
+            return torch.arange(n) % k
+        return torch.randint(k, (n,), generator=torch.Generator().manual_seed(self.config.seed))
+
+    def save_sample_grid(self) -> Path | None:
+        """Rank 0 samples the EMA model from fixed noise and labels into ``samples/<step>.png``."""
+        cfg = self.config
+        if not self.env.is_main or cfg.sample_num == 0:
+            return None
+        decode = self._grid_decoder()
+        if decode is None:
+            return None
+        labels, images = self.grid_labels(), []
+        for start in range(0, cfg.sample_num, self.per_rank_batch):
+            idx = range(start, min(start + self.per_rank_batch, cfg.sample_num))
+            z = generate(self.ema.model, self.diffusion, indices=idx,
+                         labels=None if labels is None else labels[start:idx.stop], seed=cfg.seed,
+                         sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
+                         device=self.env.device, autocast_dtype=self.autocast_dtype)
+            images.append(to_uint8(decode(z)))
+        k = self.data.info["num_classes"]
+        nrow = k if 0 < k <= 16 and cfg.sample_num % k == 0 else None
+        path = save_grid(np.concatenate(images), self.run_dir / "samples" / f"{self.step:07d}.png",
+                         nrow=nrow)
+        self.log.info("saved sample grid %s", path)
+        return path
+
+    def _grid_decoder(self) -> Callable[[Tensor], Tensor] | None:
+        latent = self.data.info["latent"]
+        if latent is None:
+            return lambda z: z.clamp(-1, 1)
+        if self._grid_vae is None:
+            try:
+                from lamamba.autoencoder import load_vae
+
+                self._grid_vae = load_vae(latent["vae"], device=self.env.device)
+            except (ImportError, OSError, ValueError) as error:
+                if not self._grid_warned:
+                    self.log.warning("no sample grids: cannot load the VAE %r to decode them (%s)", latent["vae"],
+                                     error)
+                    self._grid_warned = True
+                return None
+        return self._grid_vae.decode

@@ -1,0 +1,114 @@
+"""The training loop end to end on a tiny model: files, resume, crash-safe checkpoints, the NaN guard."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lamamba.training.checkpoint as training_checkpoint
+from lamamba.checkpoint import list_checkpoints, load_pretrained
+from lamamba.training.checkpoint import load_checkpoint
+
+
+def test_run_writes_config_metrics_checkpoints_and_grid(tmp_path, train_tiny, read_metrics):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 3, "--ckpt-every", 2, "--sample-every", 3, "--sample-num", 4,
+                      "--sample-steps", 2) == 0
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["train"]["max_steps"] == 3 and config["train"]["global_batch_size"] == 8
+    assert config["model_config"]["embed_dim"] == 8 and config["model_config"]["in_channels"] == 1
+    assert config["data"]["space"] == "pixel" and config["data"]["num_classes"] == 10
+    assert config["diffusion"] == {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": True}
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("loss", "mse", "vb", "lr", "grad_norm", "images_per_sec", "time"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert all(abs(r["loss"] - r["mse"] - r["vb"]) < 1e-5 for r in records)
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]  # every 2 steps and at the end
+    assert (run / "samples" / "0000003.png").is_file()
+    assert "step 3" in (run / "log.txt").read_text()
+    info = json.loads((run / "checkpoints" / "0000003" / "config.json").read_text())
+    assert info["step"] == 3 and info["image_size"] == 16 and info["image_channels"] == 1 and info["latent"] is None
+
+
+def test_resume_continues_bit_exactly(tmp_path, train_tiny, read_metrics):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_tiny(straight, "--max-steps", 6, "--ckpt-every", 3) == 0
+    assert train_tiny(split, "--max-steps", 3, "--ckpt-every", 3) == 0
+    assert train_tiny(split, "--max-steps", 6, "--ckpt-every", 3) == 0  # auto-resume from step 3
+    a, b = read_metrics(straight), read_metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "mse", "vb", "grad_norm"):
+        assert [r[key] for r in a] == [r[key] for r in b], key  # bit-exact on CPU
+    final_a = load_file(straight / "checkpoints" / "0000006" / "training_state.safetensors")
+    final_b = load_file(split / "checkpoints" / "0000006" / "training_state.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert "resumed from" in (split / "log.txt").read_text()
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, train_tiny, monkeypatch):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 2, "--ckpt-every", 2) == 0
+    before = load_file(run / "checkpoints" / "0000002" / "training_state.safetensors")
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash while writing the training state")
+    monkeypatch.setattr(training_checkpoint, "save_file", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        train_tiny(run, "--max-steps", 4, "--ckpt-every", 2)
+    monkeypatch.undo()
+
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
+    assert not any(p.name.startswith(".tmp") for p in (run / "checkpoints").iterdir())
+    after = load_file(run / "checkpoints" / "0000002" / "training_state.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    load_checkpoint(run / "checkpoints" / "0000002")
+    assert load_pretrained(run).config.embed_dim == 8
+    # a save killed without cleanup leaves a dot-directory: ignored by loaders, removed at the next start
+    leftover = run / "checkpoints" / ".tmp-0000004-999"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"partial")
+    assert load_pretrained(run).config.embed_dim == 8
+    assert train_tiny(run, "--max-steps", 3, "--ckpt-every", 3) == 0
+    assert not leftover.exists()
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, train_tiny, read_metrics):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 20, "--ckpt-every", 1, "--lr", 1e30) == 1
+    log = (run / "log.txt").read_text()
+    assert "training diverged at step" in log
+    bad_step = int(log.split("training diverged at step ")[1].split(":")[0])
+    steps = [s for s, _ in list_checkpoints(run / "checkpoints")]
+    assert steps and max(steps) == bad_step - 1  # nothing written at or after the bad step
+    state, meta = load_checkpoint(run / "checkpoints" / f"{bad_step - 1:07d}")
+    assert meta["step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path, train_tiny):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 4, "--ckpt-every", 1, "--keep-last", 2) == 0
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [3, 4]
+
+
+def test_user_errors_are_value_errors(tmp_path, train_tiny):
+    from lamamba import train
+    with pytest.raises(ValueError, match="not divisible"):
+        train.run(train_parse(["--run-dir", str(tmp_path / "r"), "--global-batch-size", "7", "--grad-accum", "2"]))
+    with pytest.raises(ValueError, match="needs --data"):
+        train.config_from_args(train_parse(["--preset", "paper"]))
+    assert train_tiny(tmp_path / "ok", "--max-steps", 1) == 0
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train.run(train_parse(["--run-dir", str(tmp_path / "ok"), "--resume", "never"]))
+
+
+def train_parse(argv):
+    import argparse
+
+    from lamamba import train
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args(argv)
