@@ -1,0 +1,76 @@
+"""Profile one training step (forward, diffusion loss, backward, AdamW) on CUDA and group GPU time by kind.
+
+    python benchmarks/profile_step.py --model LaMamba-Diff-XL --image-size 256 --batch-size 64 [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lamamba import create_model
+from lamamba.diffusion import create_diffusion
+
+GROUPS = [  # (group, substrings of kernel names), first match wins
+    ("selective scan", ("_scan", "ss2d")),
+    ("attention", ("fmha", "attention", "flash", "cutlassF", "cutlassB", "softmax")),
+    ("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "cublas")),
+    ("conv", ("conv", "dgrad", "wgrad", "depthwise")),
+    ("layer norm", ("layer_norm", "LayerNorm")),
+    ("copy / layout", ("copy", "cat", "gather", "scatter", "index", "roll", "transpose", "permute", "elementwise_kernel_with_index")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("triton (compiled)", ("triton_",)),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "unrolled")),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="LaMamba-Diff-XL")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--rows", type=int, default=30)
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = create_model(args.model, image_size=args.image_size).cuda()
+    net = torch.compile(model) if args.compile else model
+    diffusion = create_diffusion()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    side = args.image_size // 8
+    x = torch.randn(args.batch_size, 4, side, side, device="cuda")
+    t = torch.randint(0, 1000, (args.batch_size,), device="cuda")
+    y = torch.randint(0, 1000, (args.batch_size,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = diffusion.training_losses(net, x, t, dict(y=y))["loss"].mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events)
+    groups: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        name = e.key
+        group = next((g for g, keys in GROUPS if any(k.lower() in name.lower() for k in keys)), "other")
+        groups[group] += e.self_device_time_total
+    print(f"{args.model} {args.image_size}px batch {args.batch_size} compiled={args.compile}: "
+          f"GPU time per step {total / 2 / 1000:.1f} ms")
+    for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {g:<20} {us / 2 / 1000:8.1f} ms  {100 * us / total:5.1f}%")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
