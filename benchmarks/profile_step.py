@@ -38,7 +38,7 @@ def main() -> None:
     model = create_model(args.model, image_size=args.image_size).cuda()
     net = torch.compile(model) if args.compile else model
     diffusion = create_diffusion()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
     side = args.image_size // 8
     x = torch.randn(args.batch_size, 4, side, side, device="cuda")
     t = torch.randint(0, 1000, (args.batch_size,), device="cuda")

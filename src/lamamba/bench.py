@@ -55,7 +55,7 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
     side = model.config.input_size
     net = torch.compile(model) if compile else model
     diffusion = create_diffusion()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=device.type == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     x = torch.randn(batch_size, in_channels, side, side, device=device)
     t = torch.randint(0, 1000, (batch_size,), device=device)

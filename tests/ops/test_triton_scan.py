@@ -230,8 +230,9 @@ def test_ss2d_custom_ops_pass_opcheck_and_compile_to_one_graph():
     fn = lambda *a: triton_scan.ss2d_selective_scan(*a, paths, inverse).square().sum()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")   # fullgraph: no graph break
     loss, ref = compiled(*args), fn(*args)
-    torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args))
+    # dB/dC accumulate with atomics, so runs agree to rounding, not bit for bit
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args), rtol=1e-4, atol=1e-4)
 
 
 def test_ss2d_meta_tensors_give_shapes():
@@ -306,5 +307,6 @@ def test_gpu_ss2d_compiles_without_graph_breaks():
     fn = lambda *a: triton_scan.ss2d_selective_scan(*a, paths, inverse).square().sum()
     compiled = torch.compile(fn, fullgraph=True)
     loss, ref = compiled(*args), fn(*args)
-    torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args))
+    # dB/dC accumulate with atomics, so runs agree to rounding, not bit for bit
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args), rtol=1e-4, atol=1e-4)
