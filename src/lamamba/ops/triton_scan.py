@@ -45,7 +45,8 @@ class LaunchConfig:
     state_lanes: int = 256
     max_block_d: int = 64
     min_block_d: int = 4
-    num_warps: int = 8
+    num_warps: int = 4          # forward kernel (H100 sweep, docs/PERFORMANCE.md: 4 beat 8 and 2)
+    bwd_num_warps: int = 2      # backward kernel (H100 sweep: 2 beat 4 and 8)
     num_stages: int = 1
     programs_per_sm: int = 2
 
@@ -69,9 +70,10 @@ class _Tiles:
     def blocks(self, d: int) -> int:
         return triton.cdiv(d, self.BLOCK_D)
 
-    def meta(self) -> dict:
-        """Compile-time launch arguments shared by every kernel call."""
-        return dict(asdict(self), STAGES=LAUNCH.num_stages, num_warps=LAUNCH.num_warps)
+    def meta(self, backward: bool = False) -> dict:
+        """Compile-time launch arguments of a forward (or, with ``backward``, a backward) kernel call."""
+        warps = LAUNCH.bwd_num_warps if backward else LAUNCH.num_warps
+        return dict(asdict(self), STAGES=LAUNCH.num_stages, num_warps=warps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -211,7 +213,7 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
     kernels.scan_bwd_kernel[launch.grid](
         dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, states,
         du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
-        **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta())
+        **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta(backward=True))
     empty = u.new_empty(0)
     return [du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             empty if D is None else dD.sum(0).to(D.dtype), dz,
@@ -270,7 +272,8 @@ def _ss2d_bwd(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     _kernels(x.device).scan_bwd_kernel[launch.grid](
         dy, x, delta, A, B, C, D, delta_bias, x, paths, states,
         dx, ddelta, dx, dB, dC, dA, dD, dbias, *launch.scalars(),
-        DIRS=launch.K, **_SS2D_FLAGS, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta())
+        DIRS=launch.K, **_SS2D_FLAGS, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc),
+        **launch.tiles.meta(backward=True))
     return [dx.to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
