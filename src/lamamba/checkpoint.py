@@ -191,7 +191,11 @@ def load_pretrained(path: str | os.PathLike, *, use_ema: bool = True, device: st
                                     f"({state_file} is missing); {WEIGHTS_FILE} holds the EMA weights only")
         state = _read_tensors(state_file, prefix="model.")
     model = model_from_config(info["model"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{resolved}: weights do not fit the model in its config ({error}); the files belong "
+                         "to different checkpoints") from error
     if missing or unexpected:
         raise ValueError(f"{resolved}: weights do not fit the model in its config (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}); the files belong to different checkpoints")

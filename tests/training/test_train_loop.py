@@ -88,10 +88,14 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, train_tiny, re
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_keep_last_prunes_old_checkpoints(tmp_path, train_tiny):
+def test_keep_last_accumulation_checkpointing_bf16(tmp_path, train_tiny, read_metrics):
     run = tmp_path / "run"
-    assert train_tiny(run, "--max-steps", 4, "--ckpt-every", 1, "--keep-last", 2) == 0
+    assert train_tiny(run, "--max-steps", 4, "--ckpt-every", 1, "--keep-last", 2, "--grad-accum", 2,
+                      "--grad-checkpointing", "--precision", "bf16") == 0
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [3, 4]
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["per_rank_batch_size"] == 4 and config["precision"] == "bf16"
+    assert all(r["loss"] > 0 for r in read_metrics(run))
 
 
 def test_user_errors_are_value_errors(tmp_path, train_tiny):

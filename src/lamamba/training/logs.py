@@ -77,7 +77,6 @@ class RunLogger:
             self.log.warning(message, *args)
 
     def error(self, message: str, *args: Any) -> None:
-        """Errors are reported by every rank (rank 0 also into log.txt)."""
         if self.is_main:
             self.log.error(message, *args)
 

@@ -207,11 +207,9 @@ class Trainer:
                 losses = self.diffusion.training_losses(self._model_fn, x, t, {"y": y}, noise=noise)
                 (losses["loss"].mean() / cfg.grad_accum).backward()
             sums += torch.stack([losses[k].detach().sum() for k in ("loss", "mse", "vb")]).double()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # the total norm; with no clipping the max norm is infinite and the gradients are scaled by exactly 1
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                                   cfg.grad_clip if cfg.grad_clip is not None else math.inf)
         # gradients are identical on every rank after DDP's all-reduce, so the summed norm / W is that norm
         stats = all_reduce_sum(torch.cat([sums, grad_norm.double().reshape(1) / self.env.world_size]))
         loss, mse, vb, norm = stats.tolist()
