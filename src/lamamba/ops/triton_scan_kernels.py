@@ -270,3 +270,141 @@ def scan_bwd_kernel(
         tl.store(dbias_ptr + part, dbias, mask=c_mask)
         if DIRS > 1:
             tl.debug_barrier()
+
+
+@triton.jit
+def _stack_steps(steps, BLOCK_T: tl.constexpr):
+    """Stack a tuple of ``BLOCK_T`` equally shaped tensors along a new last axis, in tuple order.
+
+    Each of the log2(BLOCK_T) levels joins step ``i`` with step ``i + half`` (``tl.join`` adds an axis of
+    size 2 held in registers), so the row-major flattening of the joined axes is the step index.
+    """
+    for _ in tl.static_range(len(steps).bit_length() - 1):
+        joined = ()
+        for i in tl.static_range(len(steps) // 2):
+            joined = joined + (tl.join(steps[i], steps[i + len(steps) // 2]),)
+        steps = joined
+    top = steps[0]
+    return tl.reshape(top, [top.shape[0], top.shape[1], BLOCK_T])
+
+
+@triton.jit
+def _both(mask, cond):
+    """``mask & cond`` for a scalar condition (also when the interpreter makes it a Python bool)."""
+    return tl.where(cond, mask, False)
+
+
+@triton.jit
+def _ss2d_step(x_row, dt_row, B_row, C_row, dy_row, path_row, t, c_mask, n_mask, bias, L, sx_l, sd_l, sB_l,
+               ACC: tl.constexpr, ADJOINT: tl.constexpr):
+    """Inputs of step ``t`` of one direction of the SS2D backward: x, delta + bias, B and, for the adjoint
+    (``ADJOINT``), C, dy and the pixel. Zero outside the sequence or the channel block."""
+    valid = t < L
+    pos = tl.load(path_row + t, mask=valid, other=0).to(tl.int32)
+    m = _both(c_mask, valid)
+    x = tl.load(x_row + pos * sx_l, mask=m, other=0.0).to(ACC)
+    v = tl.load(dt_row + pos * sd_l, mask=m, other=0.0).to(ACC) + bias
+    Bt = tl.load(B_row + pos * sB_l, mask=_both(n_mask, valid), other=0.0).to(ACC)
+    Ct = Bt
+    dy = x
+    if ADJOINT:
+        Ct = tl.load(C_row + pos * sB_l, mask=_both(n_mask, valid), other=0.0).to(ACC)
+        dy = tl.load(dy_row + pos * sx_l, mask=m, other=0.0).to(ACC)
+    return x, v, Bt, Ct, dy, pos
+
+
+@triton.jit
+def ss2d_bwd_kernel(
+        dy_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, path_ptr, ckpt_ptr,
+        dx_ptr, dxacc_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+        L, d, N, n_chunks,
+        K: tl.constexpr, ATOMIC_BC: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Backward of the fused SS2D scan, one time step at a time in registers. Grid: (batch, d / BLOCK_D).
+
+    Contiguous pixel-order tensors: dy, x (batch, L, d); delta (batch, L, K, d); B, C (batch, L, K, N).
+    A program walks the ``K`` directions of its channel block one after the other and each direction's
+    tiles in reverse. Per tile: a forward pass from the checkpointed state recomputes the states step by
+    step (kept in registers as a tuple), then a reverse pass runs the adjoint recurrence
+    ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` and writes the step's gradients. Every thread owns whole channels,
+    so neither pass moves data between threads; only dB, dC are reduced over the block's channels, once
+    per tile. dx adds up the directions: fp32 partial sums in ``dxacc`` (read by the same thread that wrote
+    them), the last direction writes ``dx`` in its own dtype.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c_mask = ch < d
+    ns = tl.arange(0, BLOCK_N)
+    n_mask = ns < N
+    dn_mask = c_mask[:, None] & n_mask[None, :]
+    rows = tl.arange(0, BLOCK_T)
+    x_row = x_ptr + pid_b * L * d + ch                      # + pixel * d
+    dy_row = dy_ptr + pid_b * L * d + ch
+    dx_off = pid_b * L * d + ch
+    for k in range(K):
+        par = k * d + ch
+        A = tl.load(A_ptr + par[:, None] * N + ns[None, :], mask=dn_mask, other=0.0).to(ACC)
+        bias = tl.load(bias_ptr + par, mask=c_mask, other=0.0).to(ACC)
+        Dv = tl.load(D_ptr + par, mask=c_mask, other=0.0).to(ACC)
+        dt_off = pid_b * L * K * d + k * d + ch                # + pixel * K * d
+        B_off = pid_b * L * K * N + k * N + ns                 # + pixel * K * N
+        ckpt_row = ckpt_ptr + (pid_b * K + k) * n_chunks * d * N + ch[:, None] * N + ns[None, :]
+        ga = tl.zeros([BLOCK_D, BLOCK_N], ACC)                 # a_{t+1} g_{t+1} from the later tile
+        dA = tl.zeros([BLOCK_D, BLOCK_N], ACC)
+        dD = tl.zeros([BLOCK_D], ACC)
+        dbias = tl.zeros([BLOCK_D], ACC)
+        for i in range(n_chunks):
+            c = n_chunks - 1 - i
+            h = tl.load(ckpt_row + c * d * N, mask=dn_mask, other=0.0)
+            # -- forward pass over the tile: the states (a_t h_{t-1} and delta_t kept per step) ----------
+            ah_s, dt_s = (), ()
+            for s in tl.static_range(BLOCK_T):
+                x, v, Bt, _, _, _ = _ss2d_step(x_row, dt_ptr + dt_off, B_ptr + B_off, C_ptr + B_off, dy_row,
+                                               path_ptr + k * L, c * BLOCK_T + s, c_mask, n_mask, bias, L,
+                                               d, K * d, K * N, ACC, False)
+                dt = tl.where(_both(c_mask, c * BLOCK_T + s < L), _softplus(v), 0.0)
+                ah = tl.exp(dt[:, None] * A) * h                                   # a_t h_{t-1}
+                h = ah + (dt * x)[:, None] * Bt[None, :]
+                ah_s, dt_s = ah_s + (ah,), dt_s + (dt,)
+            # -- reverse pass (inputs reloaded: cache hits): the adjoint and the step's gradients -------
+            dB_s, dC_s = (), ()
+            for s in tl.static_range(BLOCK_T - 1, -1, -1):
+                x, v, Bt, Ct, dy, pos = _ss2d_step(x_row, dt_ptr + dt_off, B_ptr + B_off, C_ptr + B_off, dy_row,
+                                                   path_ptr + k * L, c * BLOCK_T + s, c_mask, n_mask, bias, L,
+                                                   d, K * d, K * N, ACC, True)
+                m = _both(c_mask, c * BLOCK_T + s < L)
+                dx_prev = tl.load(dxacc_ptr + dx_off + pos * d, mask=_both(m, k > 0), other=0.0)
+                dt, ah = dt_s[s], ah_s[s]
+                g = ga + dy[:, None] * Ct[None, :]                                 # dL/dh_t
+                ga = tl.exp(dt[:, None] * A) * g
+                gah = g * ah
+                xB = x[:, None] * Bt[None, :]
+                ddt = tl.sum(gah * A + g * xB, 1)
+                ddt = tl.where(v <= 20.0, ddt * tl.sigmoid(v), ddt)               # softplus'
+                dx = tl.sum(g * Bt[None, :], 1) * dt + Dv * dy + dx_prev
+                dA += gah * dt[:, None]
+                dD += dy * x
+                dbias += ddt
+                dB_s = (g * (dt * x)[:, None],) + dB_s
+                dC_s = (dy[:, None] * (ah + dt[:, None] * xB),) + dC_s              # dy_t h_t
+                tl.store(ddt_ptr + dt_off + pos * (K * d), ddt, mask=m)
+                tl.store(dxacc_ptr + dx_off + pos * d, dx, mask=_both(m, k < K - 1))
+                tl.store(dx_ptr + dx_off + pos * d, dx, mask=_both(m, k == K - 1))
+            # -- dB, dC of the tile: reduced over the block's channels, one add per (step, state) -----
+            t = c * BLOCK_T + rows
+            t_mask = t < L
+            pos_t = tl.load(path_ptr + k * L + t, mask=t_mask, other=0)
+            bc = B_off[:, None] + pos_t[None, :] * K * N                         # [N, T]
+            bc_mask = n_mask[:, None] & t_mask[None, :]
+            dB = tl.sum(_stack_steps(dB_s, BLOCK_T), 0)
+            dC = tl.sum(_stack_steps(dC_s, BLOCK_T), 0)
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc, dB, mask=bc_mask, sem="relaxed")
+                tl.atomic_add(dC_ptr + bc, dC, mask=bc_mask, sem="relaxed")
+            else:
+                tl.store(dB_ptr + bc, dB, mask=bc_mask)
+                tl.store(dC_ptr + bc, dC, mask=bc_mask)
+        part = pid_b * K * d + par
+        tl.store(dA_ptr + part[:, None] * N + ns[None, :], dA, mask=dn_mask)
+        tl.store(dD_ptr + part, dD, mask=c_mask)
+        tl.store(dbias_ptr + part, dbias, mask=c_mask)
