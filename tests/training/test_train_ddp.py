@@ -1,8 +1,10 @@
-"""Two-process DDP (gloo, CPU) follows the single-process loss curve at the same global batch size."""
+"""Two processes (gloo, CPU): DDP follows the single-process loss curve at the same global batch size, and
+sharded sampling writes the same .npz as one process."""
 import json
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -10,6 +12,7 @@ import torch.multiprocessing as mp
 TINY = ["--model-arg", "embed_dim=8", "--model-arg", "cond_dim=16", "--model-arg", "class_dropout_prob=0.0",
         "--global-batch-size", "8", "--sample-num", "0", "--no-tensorboard", "--log-every", "1", "--max-steps", "3",
         "--ckpt-every", "3"]
+SAMPLE = ["--num-samples", "5", "--steps", "3", "--cfg-scale", "2", "--npz", "--no-progress"]
 
 
 def _free_port():
@@ -22,8 +25,10 @@ def _worker(rank, world_size, port, run_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from lamamba import train
+    from lamamba import sample, train
     code = train.main(["--run-dir", run_dir, "--device", "cpu", *TINY])
+    if code == 0:
+        code = sample.main([run_dir, *SAMPLE, "--out", os.path.join(run_dir, "sharded"), "--device", "cpu"])
     if code != 0:
         raise SystemExit(code)
 
@@ -46,3 +51,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert config["world_size"] == 2 and config["per_rank_batch_size"] == 4
     state = json.loads((tmp_path / "ddp" / "checkpoints" / "0000003" / "training_state.json").read_text())
     assert len(state["rng"]) == 2  # every rank's generator state is saved
+
+    from lamamba import sample
+    assert sample.main([double, *SAMPLE, "--out", str(tmp_path / "one"), "--batch-size", "2"]) == 0
+    with np.load(tmp_path / "one" / "samples.npz") as one, np.load(tmp_path / "ddp" / "sharded" / "samples.npz") as two:
+        assert one["arr_0"].shape == (5, 16, 16, 1)
+        assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])

@@ -17,14 +17,14 @@ __all__ = ["TrainConfig", "PRESETS", "DIGITS_DEMO_MODEL", "default_preset", "res
 # The built-in demo's network: LaMamba-Diff at width 32 with 2x2 patches, so that the 16x16 digits become an
 # 8x8 token map (one token per pixel of the original 8x8 scans; with the default window of 8 each map is a
 # single attention window); one block per encoder stage and per decoder stage, SS2D inner width = block width.
-# 1.9 M parameters. On a CPU about half of a step is the selective-scan reference (forward + recomputed
-# backward), which is why the SSM expansion is 1 here rather than 2.
+# 1.6 M parameters. On a CPU ~43% of a step is the selective-scan reference (9% forward, 34% backward, which
+# recomputes the forward under autograd), which is why the SSM expansion is 1 here rather than 2.
 DIGITS_DEMO_MODEL: dict[str, Any] = dict(embed_dim=32, cond_dim=64, num_heads=2, depths=(1, 1, 1, 0),
                                          decoder_depths=(0, 1, 1, 1), ssm_ratio=1.0, patch_size=2)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # LaMamba-Diff-XL/2 at 256 px in the SD-VAE latent space (paper section 5.1).
-    "paper": dict(data=None, model="LaMamba-Diff-XL", image_size=256, global_batch_size=256, lr=1e-4, ema_decay=0.9999,
+    # LaMamba-Diff-XL in the SD-VAE latent space (paper section 5.1); image folders need --image-size (256, 512).
+    "paper": dict(data=None, model="LaMamba-Diff-XL", global_batch_size=256, lr=1e-4, ema_decay=0.9999,
                   ema_warmup=False, max_steps=400_000, log_every=100, ckpt_every=50_000, sample_every=10_000,
                   sample_num=16, sample_sampler="dpm++2m", sample_steps=20, sample_cfg=4.0),
     # The CPU demo: class-conditional digits in pixel space in a few minutes on two cores. A large learning

@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from lamamba.data import LatentDataset, build_dataloader, build_dataset
+from lamamba.data import LatentDataset, build_dataloader, build_dataset, is_latent_dir
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import DistEnv
 
@@ -44,7 +43,7 @@ def build_training_data(config: TrainConfig, env: DistEnv, per_rank_batch: int) 
     """Dataset, resumable per-rank loader (seeded with ``config.seed``) and optional VAE for ``config``."""
     vae = None
     dataset = build_dataset(config.data, image_size=config.image_size,
-                            **({"channels": 3} if config.vae and not _is_latents(config.data) else {}))
+                            **({"channels": 3} if config.vae and not is_latent_dir(config.data) else {}))
     if isinstance(dataset, LatentDataset):
         if config.vae:
             raise ValueError(f"{config.data} already holds latents; drop --vae (decoding uses {dataset.vae_name})")
@@ -67,12 +66,6 @@ def build_training_data(config: TrainConfig, env: DistEnv, per_rank_batch: int) 
                          f"{env.world_size} rank(s); lower --global-batch-size")
     encode = (lambda x: vae.encode(x, sample=True)) if vae is not None else None
     return TrainingData(dataset, loader, encode, vae, info)
-
-
-def _is_latents(spec: str) -> bool:
-    from lamamba.data import is_latent_dir
-
-    return is_latent_dir(spec)
 
 
 def _info(config: TrainConfig, dataset, *, image_size: int, image_channels: int, latent: dict | None) -> dict:

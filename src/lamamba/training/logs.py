@@ -97,7 +97,8 @@ class RunLogger:
     # -- progress bar ----------------------------------------------------------------------------
     def progress(self, start: int, total: int) -> None:
         if self.is_main:
-            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
+            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train",
+                             mininterval=0.5)
 
     def advance(self, **postfix: Any) -> None:
         if self._bar is not None:

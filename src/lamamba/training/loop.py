@@ -84,9 +84,10 @@ class Trainer:
             enable_gradient_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
-        precision = config.precision if config.precision != "auto" else ("bf16" if env.device.type == "cuda" else "fp32")
-        self.precision = precision
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if env.device.type == "cuda" else "fp32"
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         torch.manual_seed(config.seed * env.world_size + env.rank)  # per-rank stream (DiT, SPEC 7.4)
         self.step = 0
         if resume_from is not None:
