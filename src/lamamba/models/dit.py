@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
-                                   check_input, modulate, sincos_pos_embed_2d)
+                                   check_input, dit_init, modulate, sincos_pos_embed_2d)
 
 
 @dataclass
@@ -101,20 +101,9 @@ class DiT(ClassifierFreeGuidanceMixin, nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        self.apply(_basic_init)
+        dit_init(self, self.x_embedder, self.t_embedder, self.y_embedder)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed_2d(self.config.hidden_size, self.grid, self.grid)[None])
-        w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
-                                   check_input, modulate, sincos_pos_embed_2d)
+                                   check_input, dit_init, modulate, sincos_pos_embed_2d)
 from lamamba.ops.scan_paths import NUM_PATHS, scan_paths
 from lamamba.ops.ss2d_scan import ss2d_selective_scan
 from lamamba.ops.window_attention import window_attention
@@ -331,21 +331,10 @@ class LaMambaDiff(ClassifierFreeGuidanceMixin, nn.Module):
 
     def initialize_weights(self) -> None:
         """SPEC 5.11 with Part A's change (zero-initialised output layer), in this order."""
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        self.apply(_basic_init)
-        w = self.patch_embed["proj"].weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed["proj"].bias)
+        dit_init(self, self.patch_embed["proj"], self.t_embedder, self.y_embedder)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed_2d(self.config.embed_dim, self.grid, self.grid)
                                  .view_as(self.pos_embed))
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks():
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)

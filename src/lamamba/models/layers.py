@@ -109,6 +109,28 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
 
 
 #################################################################################
+#                                Initialisation                                 #
+#################################################################################
+
+def dit_init(model: nn.Module, patch_conv: nn.Conv2d, t_embedder: TimestepEmbedder,
+             y_embedder: LabelEmbedder) -> None:
+    """DiT's base initialisation (also LaMamba-Diff's, SPEC 5.11 steps 1, 2 and 4): Xavier-uniform weights
+    and zero biases for every Linear, Xavier-uniform for the flattened patch-embedding kernel, N(0, 0.02)
+    for the label table and the timestep MLP. Zeroing the AdaLN and output layers is left to the model."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    w = patch_conv.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(patch_conv.bias)
+    nn.init.normal_(y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(t_embedder.mlp[2].weight, std=0.02)
+
+
+#################################################################################
 #                         Classifier-free guidance                              #
 #################################################################################
 
