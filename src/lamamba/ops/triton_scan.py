@@ -7,9 +7,7 @@ Kernels live in ``lamamba.ops.triton_scan_kernels`` (design notes there). Launch
   channels; the Mamba layout gives each program one group's channel block, the SS2D scan gives it all
   four directions of its channel block (walked one after the other, accumulating into the output);
 * tiles of ``BLOCK_T`` time steps x ``BLOCK_D`` channels x ``BLOCK_N`` (= state size rounded up to a power
-  of two, masked) solved by one parallel scan; sizes from ``LAUNCH`` (a ``LaunchConfig``);
-* the SS2D backward: grid ``(batch, ceil(d / BLOCK_D))``, one state element per thread
-  (``BLOCK_D * BLOCK_N = 32 * ss2d_bwd_num_warps``), the forward's ``BLOCK_T`` (its checkpoints).
+  of two, masked) solved by one parallel scan; sizes from ``LAUNCH`` (a ``LaunchConfig``).
 
 The backward needs the state entering every tile: the SS2D forward stores them when a gradient will be
 needed; the Mamba-layout backward (whose custom op saves only the inputs) recomputes them with a
@@ -41,9 +39,7 @@ class LaunchConfig:
     rounded up to a power of two), so a tile holds ``block_t * state_lanes`` elements at most;
     ``block_d`` is halved (not below ``min_block_d``) while the grid would have fewer than
     ``programs_per_sm`` programs per SM. ``num_stages > 1`` software-pipelines the tile loads (more
-    registers, fewer resident programs). The SS2D backward (one state element per thread, ``block_d *
-    block_n <= 32 * ss2d_bwd_num_warps``, same halving rule) has its own warp count. Replace ``LAUNCH``
-    (e.g. with ``dataclasses.replace``) to re-tune.
+    registers, fewer resident programs). Replace ``LAUNCH`` (e.g. with ``dataclasses.replace``) to re-tune.
     """
     block_t: int = 16
     state_lanes: int = 256
@@ -51,7 +47,7 @@ class LaunchConfig:
     min_block_d: int = 4
     num_warps: int = 4          # forward kernel (H100 sweep, docs/PERFORMANCE.md: 4 beat 8 and 2)
     bwd_num_warps: int = 2      # Mamba-layout backward kernel (H100 sweep: 2 beat 4 and 8)
-    ss2d_bwd_num_warps: int = 1  # SS2D backward kernel (no shared-memory reductions with one warp)
+    ss2d_bwd_num_warps: int = 1  # SS2D backward kernel: one state element per thread, block_d * block_n <= 32 * warps
     num_stages: int = 1
     programs_per_sm: int = 2
 
@@ -350,6 +346,3 @@ def _check_ss2d(x, delta, A, B, C, D, delta_bias, paths) -> None:
                              f"got {tuple(t.shape)}")
     if any(t.device != x.device for t in (delta, A, B, C, D, delta_bias, paths)):
         raise ValueError("all SS2D scan tensors, paths included, must be on x's device")
-    if L * K * max(d, N) >= 2**31:
-        raise ValueError(f"one batch element of delta/B/C has {L * K * max(d, N)} >= 2**31 elements (32-bit "
-                         "offsets in the kernels); split the channels or the map")

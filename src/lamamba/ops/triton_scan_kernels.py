@@ -10,8 +10,7 @@ registers from the previous tile; inputs are loaded as whole tiles (coalesced al
 time in the Mamba layout, channels in the channels-last SS2D layout). ``STAGES > 1`` asks Triton to
 software-pipeline the tile loads of the time loop.
 
-The forward kernel and the Mamba-layout backward serve any layout through strides (the SS2D backward
-takes contiguous pixel-order tensors). Tensors come in three families:
+One kernel pair serves both layouts through strides. Tensors come in three families:
 
 * "x-like" (signal ``u``/``x``, gate ``z``, output, their gradients), addressed
   ``b * sx_b + k * sx_k + channel * sx_c + position * sx_l``;
@@ -19,38 +18,28 @@ takes contiguous pixel-order tensors). Tensors come in three families:
 * "B-like" (``B``, ``C`` and their fp32 gradient buffers), ``b * sB_b + k * sB_k + n * sB_n + position * sB_l``.
 
 ``k`` indexes a *direction*: a set of ``d`` channels sharing ``B``/``C`` (a group of the Mamba layout, a
-scan path of SS2D); parameters ``A, D, delta_bias`` are indexed ``k * d + channel``. Each forward program
-handles ``DIRS`` consecutive directions. The Mamba layout uses ``DIRS = 1`` and one program per (batch, group,
+scan path of SS2D); parameters ``A, D, delta_bias`` are indexed ``k * d + channel``. Each program handles
+``DIRS`` consecutive directions. The Mamba layout uses ``DIRS = 1`` and one program per (batch, group,
 channel block). The fused SS2D scan uses ``DIRS = K = 4`` (all directions of its channel block, one after
 the other), ``sx_k = 0`` (every direction reads the same pixels), a path table (step ``t`` of direction
 ``k`` is pixel ``paths[k, t]``) and accumulates the directions' outputs into one pixel-order buffer: the
 program reads, adds and writes its own channel block, with a barrier between directions, so there is no
 race and no per-direction buffer.
 
-Both backward kernels walk the tiles in reverse, starting each tile from its checkpoint (``ckpt``: the
-state at every tile start, written by the forward kernel with ``STORE_CKPT``) and carrying the adjoint
-``g_t = dL/dh_t`` of the reverse recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` from tile to tile. With
-``a_t h_{t-1}`` at hand (``= h_t - b_t``):
+The backward walks the tiles in reverse. The state entering each tile comes from a checkpoint
+(``ckpt``: the state at every tile start, written by the forward kernel with ``STORE_CKPT``); the tile's
+states are recomputed with the forward scan, and the adjoint ``g_t = dL/dh_t`` solves the reverse recurrence
+``g_t = C_t dy_t + a_{t+1} g_{t+1}`` with the same forward scan on tiles loaded in reverse time order
+(then flipped back), because ``associative_scan(reverse=True)`` mis-orders non-commutative operators on
+some Triton versions (triton-lang/triton#4362). With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
 
-    d delta_t = sum_n g_t (A a_t h_{t-1} + B_t u_t)       d u_t = delta_t sum_n g_t B_t + D dy_t
-    d B_t     = sum_channels g_t delta_t u_t              d C_t = sum_channels dy_t h_t
-    d A       = sum_t g_t a_t h_{t-1} delta_t             d D   = sum_t dy_t u_t
+    d delta_t = sum_n g_t (A (h_t - b_t) + B_t u_t)        d u_t = delta_t sum_n g_t B_t + D dy_t
+    d B_t     = sum_channels g_t delta_t u_t                d C_t = sum_channels dy_t h_t
+    d A       = sum_t g_t (h_t - b_t) delta_t               d D   = sum_t dy_t u_t
 
 Sums over time are kept in registers and written once per (batch, channel block) (the host sums over
 the batch); sums over channels are reduced inside the block, then added to fp32 buffers with atomics
 when several channel blocks share a direction.
-
-* ``scan_bwd_kernel`` (Mamba layout, time contiguous) solves both recurrences of a tile with the
-  parallel scan, the adjoint on tiles loaded in reverse time order (then flipped back), because
-  ``associative_scan(reverse=True)`` mis-orders non-commutative operators on some Triton versions
-  (triton-lang/triton#4362).
-* ``ss2d_bwd_kernel`` (fused SS2D, channels contiguous) gives every thread whole channels and runs both
-  recurrences one step at a time over the tile, unrolled (``tl.static_range``), with the per-step values
-  in registers (tuples): the forward pass keeps ``a_t h_{t-1}`` and ``delta_t``, the reverse pass
-  reloads the step's inputs (cache hits) and writes its gradients. No scan, flip or other cross-thread
-  exchange remains in the time direction; dB and dC of a tile are stacked (``_stack_steps``) and
-  reduced over the channels once. The directions' dx add up in an fp32 buffer that only the owning
-  thread reads and writes; the last direction writes dx in its own dtype.
 """
 from __future__ import annotations
 
