@@ -18,7 +18,6 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-import triton.language as tl  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 from lamamba.ops import selective_scan, selective_scan_reference, triton_scan, triton_scan_kernels  # noqa: E402
@@ -204,49 +203,6 @@ def test_ss2d_float32_and_bfloat16():
     inp = ss2d_inputs(1, 3, 4, 3, 2, dtype=torch.float32)
     inp.update({k: inp[k].bfloat16() for k in ("x", "delta", "B", "C")})
     check_ss2d(inp, 3, 4, tol=1e-5, grad_tol=2e-2)       # y stays float32; bf16 gradients are rounded
-
-
-@interpreter
-@pytest.mark.parametrize("K", [1, 3])
-def test_ss2d_backward_any_number_of_arbitrary_paths(K, launch):
-    """The backward's first direction writes dx partial sums and its last one dx itself (K = 1: both)."""
-    launch(ss2d_bwd_num_warps=2, max_block_d=8, min_block_d=8)   # d = 11: two channel blocks of 8
-    g = torch.Generator().manual_seed(K)
-    b, L, d, N = 1, 21, 11, 2
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    paths = torch.stack([torch.randperm(L, generator=g) for _ in range(K)])
-    inverse = paths.argsort(dim=1)
-    inp = dict(x=r(b, L, d), delta=r(b, L, K, d), A=-torch.rand(K * d, N, generator=g, dtype=torch.float64) - 0.1,
-               B=r(b, L, K, N), C=r(b, L, K, N), D=r(K * d), delta_bias=r(K * d) * 0.1)
-    leaves = [inp[k].clone().requires_grad_(True) for k in SS2D_NAMES]
-    ref_leaves = [inp[k].clone().requires_grad_(True) for k in SS2D_NAMES]
-    y = triton_scan.ss2d_selective_scan(*leaves, paths, inverse)
-    ref = ss2d_selective_scan_reference(*ref_leaves, paths, inverse)
-    assert rel_err(y, ref) < 1e-10
-    dy = r(*ref.shape)
-    for name, a, b_ in zip(SS2D_NAMES, torch.autograd.grad(y, leaves, dy), torch.autograd.grad(ref, ref_leaves, dy)):
-        assert rel_err(a, b_) < 1e-10, name
-
-
-@triton.jit
-def _stack_kernel(out_ptr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    ds = tl.arange(0, BLOCK_D)[:, None]
-    ns = tl.arange(0, BLOCK_N)[None, :]
-    steps = ()
-    for i in tl.static_range(BLOCK_T):
-        steps = steps + ((ds * 100 + ns * 10 + i).to(tl.float32),)
-    stacked = triton_scan_kernels._stack_steps(steps, BLOCK_T)
-    ts = tl.arange(0, BLOCK_T)[None, None, :]
-    tl.store(out_ptr + (ds[:, :, None] * BLOCK_N + ns[:, :, None]) * BLOCK_T + ts, stacked)
-
-
-@interpreter
-@pytest.mark.parametrize("T", [1, 2, 16])
-def test_stack_steps_keeps_step_order(T):
-    out = torch.zeros(4, 2, T)
-    _stack_kernel[(1,)](out, 4, 2, T)
-    steps = [(torch.arange(4)[:, None] * 100 + torch.arange(2)[None, :] * 10 + i).float() for i in range(T)]
-    assert torch.equal(out, torch.stack(steps, -1))
 
 
 @interpreter
