@@ -46,8 +46,8 @@ class LaunchConfig:
     max_block_d: int = 64
     min_block_d: int = 4
     num_warps: int = 4          # forward kernel (H100 sweep, docs/PERFORMANCE.md: 4 beat 8 and 2)
-    bwd_num_warps: int = 2      # Mamba-layout backward kernel (H100 sweep: 2 beat 4 and 8)
-    ss2d_bwd_num_warps: int = 1  # SS2D backward kernel: one state element per thread, block_d * block_n <= 32 * warps
+    bwd_num_warps: int = 2      # backward kernels (H100 sweep of the tile-scan backward: 2 beat 4 and 8)
+    bwd_state_lanes: int = 64   # SS2D backward: block_d * block_n (one state element per thread at 2 warps)
     num_stages: int = 1
     programs_per_sm: int = 2
 
@@ -94,10 +94,10 @@ def _tiles(N: int, d: int, rows: int, device: torch.device) -> _Tiles:
 
 def _ss2d_bwd_tiles(N: int, d: int, batch: int, device: torch.device) -> _Tiles:
     """Tiles of the SS2D backward (one step's ``[BLOCK_D, BLOCK_N]`` state block at a time): ``block_t``
-    as the forward's checkpoints, one state element per thread, ``block_d`` halved like ``_tiles``."""
+    as the forward's checkpoints, ``block_d * block_n <= bwd_state_lanes``, halved like ``_tiles``."""
     cfg = LAUNCH
     block_n = triton.next_power_of_2(N)
-    block_d = max(1, min(cfg.max_block_d, 32 * cfg.ss2d_bwd_num_warps // block_n, triton.next_power_of_2(d)))
+    block_d = max(1, min(cfg.max_block_d, cfg.bwd_state_lanes // block_n, triton.next_power_of_2(d)))
     while block_d > cfg.min_block_d and batch * triton.cdiv(d, block_d) < cfg.programs_per_sm * _sm_count(device):
         block_d //= 2
     return _Tiles(cfg.block_t, block_d, block_n)
@@ -180,8 +180,8 @@ def _mamba_launch(u: Tensor, A: Tensor, B: Tensor) -> _Launch:
 
 
 def _mamba_flags(D, z, delta_bias, delta_softplus) -> dict:
-    return dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_Z=z is not None,
-                SOFTPLUS=bool(delta_softplus))
+    return dict(DIRS=1, HAS_PATH=False, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+                HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus))
 
 
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -198,8 +198,8 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=acc)
     _kernels(u.device).scan_fwd_kernel[launch.grid](
         u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, out, last, A, *launch.scalars(),
-        DIRS=1, HAS_PATH=False, **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True,
-        STORE_LAST=True, STORE_CKPT=False, ACC=_tl_dtype(acc), **launch.tiles.meta())
+        **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True, STORE_LAST=True, STORE_CKPT=False,
+        ACC=_tl_dtype(acc), **launch.tiles.meta())
     return out, last
 
 
@@ -218,13 +218,12 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
     states = launch.states(u, acc)
     kernels.scan_fwd_kernel[launch.grid](
         u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, u, A, states, *launch.scalars(),
-        DIRS=1, HAS_PATH=False, **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=_tl_dtype(acc),
-        **launch.tiles.meta())
+        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=_tl_dtype(acc), **launch.tiles.meta())
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else u.new_empty(0)
     dB, dC, dA, dD, dbias = launch.bwd_buffers(u, B, acc)
     kernels.scan_bwd_kernel[launch.grid](
-        dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), states,
+        dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, states,
         du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
         **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta(backward=True))
     empty = u.new_empty(0)
@@ -237,16 +236,14 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
 #             Fused SS2D scan: four directions read through the path table, pixel order in/out
 # ------------------------------------------------------------------------------------------------
 
-def _ss2d_launch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, backward: bool = False) -> _Launch:
-    """The forward's launch, or with ``backward`` the backward kernel's (its tiles, contiguous tensors)."""
+def _ss2d_launch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> _Launch:
     batch, L, d = x.shape
     K, N = delta.shape[2], A.shape[1]
     xb, xl, xc = x.stride()
     db, dl, dk, dc = delta.stride()
     Bb, Bl, Bk, Bn = B.stride()
     strides = (xb, 0, xc, xl, db, dk, dc, dl, Bb, Bk, Bn, Bl)   # every direction reads the same x
-    tiles = _ss2d_bwd_tiles(N, d, batch, x.device) if backward else _tiles(N, d, batch, x.device)
-    return _Launch(tiles, batch, L, d, N, K, K, strides)
+    return _Launch(_tiles(N, d, batch, x.device), batch, L, d, N, K, K, strides)
 
 
 _SS2D_FLAGS = dict(HAS_PATH=True, HAS_D=True, HAS_BIAS=True, HAS_Z=False, SOFTPLUS=True)
@@ -279,17 +276,22 @@ def _(x, delta, A, B, C, D, delta_bias, paths, save_states):
 def _ss2d_bwd(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
               delta_bias: Tensor, paths: Tensor, states: Tensor) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias) in the inputs' shapes and dtypes."""
-    dy, x, delta, B, C = (t.contiguous() for t in (dy, x, delta, B, C))   # the kernel's layout
-    launch = _ss2d_launch(x, delta, A, B, backward=True)
+    batch, L, d = x.shape
+    K, N = delta.shape[2], A.shape[1]
+    tiles = _ss2d_bwd_tiles(N, d, batch, x.device)
     acc = _acc_dtype(x.dtype)
-    dx_acc = torch.empty(x.shape, dtype=acc, device=x.device)        # partial sums over the directions
-    dx = dx_acc if x.dtype == acc else torch.empty_like(x)           # the last direction writes here
+    dx_acc = torch.empty(x.shape, dtype=acc, device=x.device)        # the directions' partial sums
+    dx = dx_acc if x.dtype == acc else torch.empty_like(x)
     ddelta = torch.empty_like(delta)
-    dB, dC, dA, dD, dbias = launch.bwd_buffers(x, B, acc)
-    _kernels(x.device).ss2d_bwd_kernel[launch.grid](
+    blocks = tiles.blocks(d)
+    new_bc = torch.zeros if blocks > 1 else torch.empty                # added atomically by the blocks
+    dB, dC = (new_bc(B.shape, dtype=acc, device=x.device) for _ in range(2))
+    dA = x.new_empty((batch, K * d, N), dtype=acc)
+    dD, dbias = (x.new_empty((batch, K * d), dtype=acc) for _ in range(2))
+    _kernels(x.device).ss2d_bwd_kernel[(batch, blocks)](
         dy, x, delta, A, B, C, D, delta_bias, paths, states, dx, dx_acc, ddelta, dB, dC, dA, dD, dbias,
-        launch.L, launch.d, launch.N, launch.chunks, K=launch.K, ATOMIC_BC=launch.atomic_bc,
-        ACC=_tl_dtype(acc), **asdict(launch.tiles), num_warps=LAUNCH.ss2d_bwd_num_warps)
+        L, d, N, tiles.chunks(L), K=K, ATOMIC_BC=blocks > 1, ACC=_tl_dtype(acc), **asdict(tiles),
+        num_warps=LAUNCH.bwd_num_warps)
     return [dx, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
