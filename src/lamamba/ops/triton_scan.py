@@ -46,8 +46,7 @@ class LaunchConfig:
     max_block_d: int = 64
     min_block_d: int = 4
     num_warps: int = 4          # forward kernel (H100 sweep, docs/PERFORMANCE.md: 4 beat 8 and 2)
-    bwd_num_warps: int = 2      # backward kernels (H100 sweep of the tile-scan backward: 2 beat 4 and 8)
-    bwd_state_lanes: int = 64   # SS2D backward: block_d * block_n (one state element per thread at 2 warps)
+    bwd_num_warps: int = 2      # backward kernel (H100 sweep: 2 beat 4 and 8)
     num_stages: int = 1
     programs_per_sm: int = 2
 
@@ -88,17 +87,6 @@ def _tiles(N: int, d: int, rows: int, device: torch.device) -> _Tiles:
     block_n = triton.next_power_of_2(N)
     block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
     while block_d > cfg.min_block_d and rows * triton.cdiv(d, block_d) < cfg.programs_per_sm * _sm_count(device):
-        block_d //= 2
-    return _Tiles(cfg.block_t, block_d, block_n)
-
-
-def _ss2d_bwd_tiles(N: int, d: int, batch: int, device: torch.device) -> _Tiles:
-    """Tiles of the SS2D backward (one step's ``[BLOCK_D, BLOCK_N]`` state block at a time): ``block_t``
-    as the forward's checkpoints, ``block_d * block_n <= bwd_state_lanes``, halved like ``_tiles``."""
-    cfg = LAUNCH
-    block_n = triton.next_power_of_2(N)
-    block_d = max(1, min(cfg.max_block_d, cfg.bwd_state_lanes // block_n, triton.next_power_of_2(d)))
-    while block_d > cfg.min_block_d and batch * triton.cdiv(d, block_d) < cfg.programs_per_sm * _sm_count(device):
         block_d //= 2
     return _Tiles(cfg.block_t, block_d, block_n)
 
@@ -276,23 +264,17 @@ def _(x, delta, A, B, C, D, delta_bias, paths, save_states):
 def _ss2d_bwd(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
               delta_bias: Tensor, paths: Tensor, states: Tensor) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias) in the inputs' shapes and dtypes."""
-    batch, L, d = x.shape
-    K, N = delta.shape[2], A.shape[1]
-    tiles = _ss2d_bwd_tiles(N, d, batch, x.device)
+    launch = _ss2d_launch(x, delta, A, B)
     acc = _acc_dtype(x.dtype)
-    dx_acc = torch.empty(x.shape, dtype=acc, device=x.device)        # the directions' partial sums
-    dx = dx_acc if x.dtype == acc else torch.empty_like(x)
+    dx = torch.empty(x.shape, dtype=acc, device=x.device)   # accumulates the K directions
     ddelta = torch.empty_like(delta)
-    blocks = tiles.blocks(d)
-    new_bc = torch.zeros if blocks > 1 else torch.empty                # added atomically by the blocks
-    dB, dC = (new_bc(B.shape, dtype=acc, device=x.device) for _ in range(2))
-    dA = x.new_empty((batch, K * d, N), dtype=acc)
-    dD, dbias = (x.new_empty((batch, K * d), dtype=acc) for _ in range(2))
-    _kernels(x.device).ss2d_bwd_kernel[(batch, blocks)](
-        dy, x, delta, A, B, C, D, delta_bias, paths, states, dx, dx_acc, ddelta, dB, dC, dA, dD, dbias,
-        L, d, N, tiles.chunks(L), K=K, ATOMIC_BC=blocks > 1, ACC=_tl_dtype(acc), **asdict(tiles),
-        num_warps=LAUNCH.bwd_num_warps)
-    return [dx, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+    dB, dC, dA, dD, dbias = launch.bwd_buffers(x, B, acc)
+    _kernels(x.device).scan_bwd_kernel[launch.grid](
+        dy, x, delta, A, B, C, D, delta_bias, x, paths, states,
+        dx, ddelta, dx, dB, dC, dA, dD, dbias, *launch.scalars(),
+        DIRS=launch.K, **_SS2D_FLAGS, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc),
+        **launch.tiles.meta(backward=True))
+    return [dx.to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
 
