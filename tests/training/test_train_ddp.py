@@ -15,19 +15,25 @@ TINY = ["--model-arg", "embed_dim=8", "--model-arg", "cond_dim=16", "--model-arg
 SAMPLE = ["--num-samples", "5", "--steps", "3", "--cfg-scale", "2", "--npz", "--no-progress"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def _worker(rank, world_size, port, run_dir):
+def _worker(rank, world_size, ports, run_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(ports[0]))
     torch.set_num_threads(1)
     from lamamba import sample, train
     code = train.main(["--run-dir", run_dir, "--device", "cpu", *TINY])
-    if code == 0:
+    if code == 0:  # a second process group in the same processes gets its own rendezvous port
+        os.environ["MASTER_PORT"] = str(ports[1])
         code = sample.main([run_dir, *SAMPLE, "--out", os.path.join(run_dir, "sharded"), "--device", "cpu"])
     if code != 0:
         raise SystemExit(code)
@@ -42,7 +48,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     from lamamba import train
     single, double = str(tmp_path / "single"), str(tmp_path / "ddp")
     assert train.main(["--run-dir", single, "--device", "cpu", *TINY]) == 0
-    mp.start_processes(_worker, args=(2, _free_port(), double), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_ports(2), double), nprocs=2, join=True, start_method="spawn")
     a, b = _losses(single), _losses(double)
     assert [r["step"] for r in b] == [1, 2, 3]
     for key in ("loss", "mse", "vb", "grad_norm"):
