@@ -119,3 +119,14 @@ def test_custom_op_backward_matches_autograd():
     ref_grads = torch.autograd.grad((ref * w).sum(), list(ref_leaves.values()))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
+
+
+def test_length_one_sequences():
+    """A 1x1 map gives L = 1: the decay never acts, and both backward paths still return every gradient."""
+    inp = make_inputs(L=1)
+    leaves = [inp[k].clone().requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out, _ = torch.ops.lamamba.selective_scan_fwd(*leaves, True)
+    grads = torch.autograd.grad(out.sum(), leaves)
+    assert torch.equal(grads[2], torch.zeros_like(leaves[2]))
+    ref, _ = naive_scan(**inp, delta_softplus=True)
+    torch.testing.assert_close(out, ref)

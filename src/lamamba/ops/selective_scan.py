@@ -161,8 +161,12 @@ def _reference_bwd(dout: Tensor, *inputs: Optional[Tensor], delta_softplus: bool
     with torch.enable_grad():
         out, _ = selective_scan_reference(*leaves, delta_softplus=delta_softplus)
         present = [x for x in leaves if x is not None]
-        grads = iter(torch.autograd.grad(out, present, dout))
-    return [None if x is None else next(grads) for x in leaves]
+        grads = iter(torch.autograd.grad(out, present, dout, allow_unused=True))  # L = 1: A is unused
+    return [None if x is None else _zero_if_none(next(grads), x) for x in leaves]
+
+
+def _zero_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
 
 
 def _setup_context(ctx, inputs, output):
