@@ -97,6 +97,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
                    help="do not write TensorBoard events")
 
+    g = parser.add_argument_group("in-training evaluation (FID of EMA samples; see docs/EVALUATION.md)")
+    g.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: 0, off)")
+    g.add_argument("--eval-samples", type=int, default=None, help="samples per evaluation (default: 10000)")
+    g.add_argument("--eval-ref", default=None, help="reference statistics from `lamamba evaluate --make-ref`")
+    g.add_argument("--eval-features", choices=("inception", "pixels", "torchscript"), default=None,
+                   help="feature network of --eval-ref (default: inception)")
+    g.add_argument("--eval-feature-net", default=None, help="TorchScript feature network or Inception file")
+    g.add_argument("--eval-metrics", default=None, help="comma-separated: fid, sfid, is, pr (default: fid)")
+    g.add_argument("--eval-sampler", choices=("ddpm", "ddim", "dpm++2m"), default=None,
+                   help="sampler for evaluation (default: dpm++2m)")
+    g.add_argument("--eval-steps", type=int, default=None, help="sampling steps (default: 25)")
+    g.add_argument("--eval-cfg", type=float, default=None, help="guidance scale (default: 1.0, none)")
+
 
 def config_from_args(args: argparse.Namespace):
     """The resolved :class:`TrainConfig` of parsed ``lamamba train`` arguments."""
@@ -163,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         barrier()
         with RunLogger(run_dir, is_main=env.is_main, tensorboard=config.tensorboard) as log:
             trainer = Trainer(config, env, run_dir, log, resume_from=resume)
+            if config.eval_every:
+                from lamamba.training.evaluation import SampleQualityCallback
+
+                trainer.add_callback("evaluate", config.eval_every, SampleQualityCallback(trainer))
             resolved = trainer.run_config()
             if env.is_main:
                 (run_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")

@@ -87,6 +87,16 @@ class TrainConfig:
     sample_steps: int = 20
     sample_cfg: float = 4.0
     tensorboard: bool = True
+    # in-training sample quality (training/evaluation.py): off unless eval_every > 0
+    eval_every: int = 0
+    eval_samples: int = 10_000
+    eval_ref: str | None = None           # statistics from `lamamba evaluate --make-ref DATA OUT`
+    eval_features: str = "inception"      # the network of eval_ref: "inception", "pixels" or "torchscript"
+    eval_feature_net: str | None = None   # TorchScript file ("torchscript"), or an Inception file
+    eval_metrics: str = "fid"             # comma-separated: fid, sfid, is, pr
+    eval_sampler: str = "dpm++2m"
+    eval_steps: int = 25
+    eval_cfg: float = 1.0
 
     def validate(self) -> None:
         if not self.data:
@@ -107,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.sample_num < 0:
             raise ValueError(f"sample-num must be >= 0, got {self.sample_num}")
+        if self.eval_every < 0 or self.eval_samples < 2 or self.eval_steps < 1:
+            raise ValueError("eval-every must be >= 0, eval-samples >= 2 and eval-steps >= 1")
+        if self.eval_every and not self.eval_ref:
+            raise ValueError("--eval-every needs --eval-ref (statistics from `lamamba evaluate --make-ref`)")
 
     def per_rank_batch(self, world_size: int) -> int:
         """Micro-batch of one rank: global batch / (world size x accumulation steps), which must divide."""
