@@ -241,8 +241,28 @@ def load_stats(path: str | Path) -> FeatureStats:
         return _stats_from_npz(path, data)
 
 
+def builtin_images(spec: str) -> ArrayImages | None:
+    """``"digits"``, ``"fashion-mnist:test"``, ...: a built-in dataset (``lamamba.data``) as images, at the
+    size training uses (digits 16 px, Fashion-MNIST 28 px); None if ``spec`` names no built-in dataset."""
+    from lamamba.data import BUILTIN_DATASETS, build_dataset
+
+    name, _, split = spec.partition(":")
+    if name not in BUILTIN_DATASETS:
+        return None
+    dataset = build_dataset(name, split=split or "train")
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return ArrayImages(images, description=f"{name} ({split or 'train'} split, {len(dataset)} images)")
+
+
 def open_input(path: str | Path) -> tuple[ImageSource | None, FeatureStats | None]:
-    """Classify an input path: (images or None, precomputed statistics or None); at least one is set."""
+    """Classify an input: (images or None, precomputed statistics or None); at least one is set.
+
+    An image folder, an ``.npz`` (ADM images and/or statistics, or ours), or a built-in dataset name
+    (``digits``, ``fashion-mnist``, optionally ``:train`` / ``:test``)."""
+    if not Path(path).expanduser().exists():
+        builtin = builtin_images(str(path))
+        if builtin is not None:
+            return builtin, None
     path = Path(path).expanduser()
     if path.is_dir():
         return FolderImages(path), None
