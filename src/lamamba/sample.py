@@ -224,8 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ddpm (the paper), ddim or dpm++2m (default: ddpm)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: 250 for ddpm as the paper, 50 ddim, 20 dpm++2m)")
-    parser.add_argument("--cfg-scale", type=float, default=1.5,
-                        help="classifier-free guidance scale, 1 = off (default: 1.5, the authors' sample.py)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help="classifier-free guidance scale, 1 = off (default: 1.5, as the authors' sample.py; "
+                             "unconditional models take none)")
     parser.add_argument("--guided-channels", type=int, default=None,
                         help="guide only the first N noise channels (3 = DiT's convention; default: all)")
     parser.add_argument("--seed", type=int, default=0, help="global seed; sample i uses (seed, i) (default: 0)")
@@ -261,6 +262,16 @@ def _labels(args: argparse.Namespace, num_classes: int) -> tuple[int, Tensor | N
     return n, torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(args.seed))
 
 
+def _guidance(cfg_scale: float | None, num_classes: int) -> float:
+    """The guidance scale to use: 1.5 by default; an unconditional model cannot be guided."""
+    if num_classes == 0:
+        if cfg_scale not in (None, 1.0):
+            raise ValueError("this model is unconditional: classifier-free guidance needs a class-conditional "
+                             "model (drop --cfg-scale)")
+        return 1.0
+    return 1.5 if cfg_scale is None else cfg_scale
+
+
 def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: int) -> Path:
     parts = checkpoint.resolve().parts
     run = parts[-3] if len(parts) >= 3 and parts[-2] == "checkpoints" else checkpoint.stem
@@ -285,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=env.device)
         diffusion = create_diffusion(**info["diffusion"])
         n, labels = _labels(args, model.config.num_classes)
+        args.cfg_scale = _guidance(args.cfg_scale, model.config.num_classes)
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)

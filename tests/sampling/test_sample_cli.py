@@ -129,3 +129,18 @@ def _parse(argv):
     parser = argparse.ArgumentParser()
     sample.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_guidance_for_an_unconditional_model_is_an_error(tmp_path):
+    torch.manual_seed(0)
+    model = lamamba.create_model("LaMamba-Diff-S", image_size=16, in_channels=1, num_classes=0, latent_downsample=1,
+                                 embed_dim=8, cond_dim=16, num_heads=2, window_size=4)
+    info = {"model": model.config.to_dict(), "image_size": 16, "image_channels": 1, "num_classes": 0,
+            "latent": None, "step": 1,
+            "diffusion": {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": True}}
+    ckpt = save_pretrained(model, tmp_path / "uncond", info)
+    with pytest.raises(ValueError, match="unconditional"):
+        sample.run(_parse([str(ckpt), "--cfg-scale", "4", "--out", str(tmp_path / "a")]))
+    # without --cfg-scale an unconditional model samples unguided
+    assert sample.main([str(ckpt), "--num-samples", "2", "--steps", "2", "--sampler", "ddim",
+                        "--out", str(tmp_path / "b"), "--no-progress"]) == 0
