@@ -96,9 +96,6 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
     result["gflops_per_image"] = gflops
     result["train_tflops"] = 3 * 2 * gflops * result["train_images_per_s"] / 1000
     result["sample_tflops"] = 2 * gflops * result["sample_images_per_s"] / 1000
-    del model, net, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -165,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             rows.append(bench_model(name, image_size=args.image_size, batch_size=args.batch_size, device=device,
                                     precision=args.precision, compile=compiled, steps=args.steps,
                                     warmup=args.warmup))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the previous model's blocks back to the driver before the next
     env = environment(device)
     print(format_table(rows, env))
     if args.out:

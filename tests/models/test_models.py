@@ -200,7 +200,7 @@ def test_config_round_trip():
 
 def test_positional_embedding_layout():
     model = tiny("LaMamba-Diff-S")
-    D, G = 8, 16
+    D = 8
     pe = model.pos_embed[0]                                            # (G, G, D)
     r, c, k = 3, 5, 1
     omega = 1 / 10000 ** (k / (D / 4))
