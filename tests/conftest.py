@@ -1,4 +1,5 @@
-"""A tiny randomly initialised AutoencoderKL saved to disk, shared by the VAE and latent tests."""
+"""Fixtures shared across the test tree: a tiny randomly initialised AutoencoderKL saved to disk (VAE, latent and
+latent-training tests)."""
 import pytest
 
 
