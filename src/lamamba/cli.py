@@ -39,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    return run_command(args.command, importlib.import_module(COMMANDS[args.command][0]).run, args)
+
+
+def run_command(name: str, run, args: argparse.Namespace) -> int:
+    """``run(args)``, with user errors (ValueError, FileNotFoundError) as one clear line and exit code 2."""
     try:
-        result = module.run(args)
+        result = run(args)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"lamamba {args.command}: error: {e}", file=sys.stderr)
+        print(f"lamamba {name}: error: {e}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -363,12 +363,9 @@ def _decoder(info: dict, vae_override: str | None, device: torch.device) -> Call
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lamamba.sample", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lamamba sample: error: {error}", file=sys.stderr)
-        return 2
+    from lamamba.cli import run_command
+
+    return run_command("sample", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -204,12 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lamamba.train", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lamamba train: error: {error}", file=sys.stderr)
-        return 2
+    from lamamba.cli import run_command
+
+    return run_command("train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
