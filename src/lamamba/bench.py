@@ -22,7 +22,7 @@ import torch
 
 from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure
-from lamamba.models.registry import create_model, list_models
+from lamamba.models.registry import compile_model, create_model, list_models
 
 DEFAULT_MODELS = ("LaMamba-Diff-XL", "DiT-XL/2")
 
@@ -53,7 +53,7 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
     model = create_model(name, image_size=image_size, in_channels=in_channels, num_classes=num_classes,
                          latent_downsample=latent_downsample, **overrides).to(device)
     side = model.config.input_size
-    net = torch.compile(model) if compile else model
+    net = compile_model(model) if compile else model
     diffusion = create_diffusion()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=device.type == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]

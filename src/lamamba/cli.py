@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-latents": ("lamamba.data.cli", "encode a dataset once through the VAE into latent shards"),
     "flops": ("lamamba.flops", "parameters and GFLOPs per model and resolution, beside the paper"),
     "bench": ("lamamba.bench", "time training steps and sampling forwards of several models side by side"),
+    "experiment": ("lamamba.experiment.cli", "the paper's comparisons at small scale (Fashion-MNIST, one GPU)"),
 }
 
 

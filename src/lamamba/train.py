@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train for")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (parameters are always fp32)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on CUDA when Triton is installed, off on CPU)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute block activations in the backward pass (less memory, ~30%% slower)")
     g.add_argument("--seed", type=int, default=None, help="global seed (default: 0)")
@@ -184,9 +185,10 @@ def run(args: argparse.Namespace) -> int:
             if env.is_main:
                 (run_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
             log.info("run directory %s (preset %s)", run_dir, config.preset)
-            log.info("%s: %.2f M parameters, %s, %d process(es) on %s, %s, batch %d per process x %d accumulation",
-                     config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"], env.world_size,
-                     env.device, trainer.precision, trainer.per_rank_batch, config.grad_accum)
+            log.info("%s: %.2f M parameters, %s, %d process(es) on %s, %s%s, batch %d per process x %d "
+                     "accumulation", config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"],
+                     env.world_size, env.device, trainer.precision, ", compiled" if trainer.compiled else "",
+                     trainer.per_rank_batch, config.grad_accum)
             try:
                 trainer.fit()
             except TrainingDiverged as error:

@@ -70,7 +70,7 @@ class TrainConfig:
     ema_warmup: bool = False
     max_steps: int = 400_000
     precision: str = "auto"               # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"
-    compile: bool = False
+    compile: bool | None = None           # torch.compile; None: on CUDA when Triton is importable (Trainer)
     grad_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"

