@@ -1,0 +1,1 @@
+"""Small-scale reproductions of the paper's comparisons."""
