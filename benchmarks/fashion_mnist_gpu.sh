@@ -27,6 +27,10 @@ for d in sorted(pathlib.Path(sys.argv[1]).glob("runs/*")):
     s = json.loads((d / "samples/sample.json").read_text()) if (d / "samples/sample.json").is_file() else {}
     rows[d.name] = dict(img_s=t.get("images_per_sec"), train_wall_s=t.get("wall_s"), steps=t.get("steps"),
                         loss=t.get("final_loss"), sample_wall_s=s.get("wall_s"), card=t.get("environment", {}).get("card"))
+    if (d / "samples/samples.npz").is_file():  # pure-noise samples (mean |horizontal difference| > 45 of 255)
+        import numpy as np
+        x = np.load(d / "samples/samples.npz")["arr_0"].astype(np.float32)
+        rows[d.name]["noisy_fraction"] = float((np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3)) > 45).mean())
     print(f"{d.name:20s} {rows[d.name]}")
 pathlib.Path(sys.argv[2]).write_text(json.dumps(rows, indent=2))
 PY
@@ -41,19 +45,20 @@ if [ "$mode" = probe ]; then
   exit 0
 fi
 # train mode: one background process per GPU, each with its own list of runs, all into one experiment directory
-i=0; pids=(); mkdir -p /tmp/exp
+EXP_DIR=${EXP_DIR:-/tmp/exp}   # a git-ignored folder of the repo (results/...) survives between calls on a warm machine
+i=0; pids=(); mkdir -p "$EXP_DIR"
 for runs in "$@"; do
-  CUDA_VISIBLE_DEVICES=$i timeout "${RUN_LIMIT_S:-570}" $EXP --runs "$runs" --out /tmp/exp > "/tmp/exp/gpu$i.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$i timeout "${RUN_LIMIT_S:-570}" $EXP --runs "$runs" --out "$EXP_DIR" > "$EXP_DIR/gpu$i.log" 2>&1 &
   pids+=($!); i=$((i + 1))
 done
 for p in "${pids[@]}"; do wait "$p"; done
-summary /tmp/exp "$OUT/summary.json"
+summary "$EXP_DIR" "$OUT/summary.json"
 # bring back what the score and report stages need (no checkpoints), one archive per GPU (<= 8 files in all)
 i=0
 for runs in "$@"; do
   dirs=$(echo "$runs" | tr , '\n' | sed 's|^|runs/|' | tr '\n' ' ')
-  (cd /tmp/exp && tar -czf "$OUT/gpu$i.tgz" --exclude=checkpoints "gpu$i.log" $dirs)
-  tail -5 "/tmp/exp/gpu$i.log"
+  (cd "$EXP_DIR" && tar -czf "$OUT/gpu$i.tgz" --exclude=checkpoints "gpu$i.log" $dirs)
+  tail -5 "$EXP_DIR/gpu$i.log"
   i=$((i + 1))
 done
 ls -la "$OUT"
