@@ -79,6 +79,7 @@ def generate(
     guided_channels: int | None = None,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
+    clip_denoised: bool = False,
     progress: bool = False,
 ) -> Tensor:
     """Samples number ``indices`` of the run ``seed``, in the model's space: (len(indices), C, h, w) float32.
@@ -86,7 +87,8 @@ def generate(
     ``labels`` (one per index; ignored by unconditional models) condition the model; ``cfg_scale != 1`` uses
     classifier-free guidance through ``model.forward_with_cfg``. ``sampler``/``steps`` as
     ``GaussianDiffusion.sample`` (DDIM deterministic, eta 0). ``autocast_dtype`` (e.g. ``torch.bfloat16``)
-    runs the network under autocast; the diffusion arithmetic stays float32.
+    runs the network under autocast; the diffusion arithmetic stays float32. ``clip_denoised`` clamps every
+    prediction of the clean image to [-1, 1] (ADM's choice for pixel-space models; off in latent space).
     """
     from lamamba.diffusion import DEFAULT_STEPS, SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise
     from lamamba.diffusion import evenly_spaced_timesteps
@@ -119,20 +121,21 @@ def generate(
 
     if sampler == "ddpm":
         out = _ancestral(diffusion.respace(evenly_spaced_timesteps(diffusion.num_timesteps, steps)), model_fn,
-                         noise, kwargs, generators, shape, doubled=guided, progress=progress)
+                         noise, kwargs, generators, shape, doubled=guided, clip_denoised=clip_denoised,
+                         progress=progress)
     else:
         out = diffusion.sample(model_fn, None, noise, sampler=sampler, steps=steps, model_kwargs=kwargs,
-                               progress=progress)
+                               clip_denoised=clip_denoised, progress=progress)
     return cfg_first_half(out) if guided else out
 
 
 def _ancestral(diffusion, model_fn, x: Tensor, kwargs: dict, generators: Sequence[torch.Generator],
-               shape: Sequence[int], *, doubled: bool, progress: bool) -> Tensor:
+               shape: Sequence[int], *, doubled: bool, clip_denoised: bool = False, progress: bool) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2): ``x_{t-1} = mu + sigma z`` with each sample's ``z``
     from its own generator. For one sample this is ``GaussianDiffusion.p_sample_loop`` with that generator."""
     for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        out = diffusion.p_mean_variance(model_fn, x, t, kwargs)
+        out = diffusion.p_mean_variance(model_fn, x, t, kwargs, clip_denoised)
         z = _draw(generators, shape, x.device)  # drawn at every step, as p_sample does
         if doubled:
             z = torch.cat([z, z])  # the unconditional half only mirrors the conditional one
@@ -242,6 +245,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="network precision; bf16 runs it under autocast (default: fp32)")
+    parser.add_argument("--clip-denoised", action="store_true",
+                        help="clamp the predicted clean image to [-1, 1] at every step (ADM does for pixel-space "
+                             "models; default: off, as the paper's latent models)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -318,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
             z = generate(model, diffusion, indices=batch, labels=None if labels is None else labels[list(batch)],
                          seed=args.seed, sampler=args.sampler, steps=steps, cfg_scale=args.cfg_scale,
                          guided_channels=args.guided_channels, device=env.device,
-                         autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None)
+                         autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+                         clip_denoised=args.clip_denoised)
             images = to_uint8(decode(z))
             shard[start:start + len(batch)] = images
             if args.save_images:

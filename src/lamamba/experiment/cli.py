@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
                         help=f"sampling steps (default: {defaults.sample_steps})")
     parser.add_argument("--sample-batch", type=int, default=defaults.sample_batch)
+    parser.add_argument("--clip-denoised", action="store_true",
+                        help="clamp predicted clean images to [-1, 1] while sampling (default: off, as reported)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile training (default: off, as the reported runs)")
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")

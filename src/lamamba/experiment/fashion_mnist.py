@@ -90,6 +90,7 @@ class ExperimentConfig:
     sampler: str = "dpm++2m"             # the paper: DDPM, 250 steps (12x the network evaluations)
     sample_steps: int = 20
     sample_batch: int = 1000
+    clip_denoised: bool = False          # clamp predicted clean images to [-1, 1] while sampling (ADM, pixel space)
     compile: bool = False                # eager, as measured in docs/RESULTS.md (compiling pays off in longer runs)
     num_workers: int = 4
     device: str = "auto"
@@ -216,6 +217,8 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
             "--steps", str(cfg.sample_steps), "--cfg-scale", "1", "--seed", "0",
             "--batch-size", str(cfg.sample_batch), "--npz", "--grid-max", "100", "--out", str(out),
             "--device", cfg.device, "--precision", "bf16" if cuda else "fp32", "--no-progress"]
+    if cfg.clip_denoised:
+        argv.append("--clip-denoised")
     tic = time.time()
     sample.run(_parse(sample, argv))
     (out / "sample.json").write_text(json.dumps(dict(command="lamamba sample " + " ".join(argv),
