@@ -13,13 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-# Backends for the biased/masked attention. cuDNN's is left out on purpose: PyTorch 2.11 prefers it on Hopper
-# whenever a mask is given, and its kernels mishandle key lengths that are not multiples of 128 (e.g. our
-# 64-token windows) under a mask: on an H200, 3-9% of LaMamba-Diff-S's samples came out as pure noise with
-# it, none with these (docs/RESULTS.md; pytorch/pytorch#196678 describes the same tile-padding defect).
-_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 _cache: dict[tuple, Tensor] = {}
 
@@ -118,8 +111,7 @@ def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, pro
     pad = (-hd) % 8 if x.is_cuda else 0
     if pad:  # the fused SDPA kernels need head sizes that are multiples of 8 (XL's first stage has 20)
         q, k, v = (F.pad(a, (0, pad)) for a in (q, k, v))
-    with sdpa_kernel(_SDPA_BACKENDS):
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=hd ** -0.5)  # (B, nW*h, N, hd+pad)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=hd ** -0.5)   # (B, nW*h, N, hd+pad)
     out = out[..., :hd].view(B, n_win, num_heads, N, hd).permute(0, 1, 3, 2, 4).reshape(B * n_win, N, C)
     out = F.linear(out, proj_weight, proj_bias)
     x = window_reverse(out, wh, ww, Hp, Wp)
