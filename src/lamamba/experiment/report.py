@@ -34,6 +34,7 @@ def collect_results(cfg: ExperimentConfig, runs: list[Run]) -> list[dict[str, An
         train = _read(directory / "train.json") or {}
         scores = _read(directory / "scores.json") or {}
         inception, classifier = scores.get("inception", {}), scores.get("classifier", {})
+        noise = scores.get("pixels", {}).get("noise_fraction")
         rows.append(dict(
             run=run.name, table=run.table, label=run.label, model=run.model, overrides=run.overrides,
             seed=run.seed, params_m=cost["params"] / 1e6, gflops=cost["gflops"],
@@ -41,7 +42,7 @@ def collect_results(cfg: ExperimentConfig, runs: list[Run]) -> list[dict[str, An
             card=(train.get("environment") or {}).get("card"), final_loss=train.get("final_loss"),
             fid=inception.get("fid"), precision=inception.get("precision"), recall=inception.get("recall"),
             fd_classifier=classifier.get("fid"), class_accuracy=classifier.get("class_accuracy"),
-            classifier_score=classifier.get("inception_score"), paper=run.paper,
+            classifier_score=classifier.get("inception_score"), noise_fraction=noise, paper=run.paper,
         ))
     return rows
 
@@ -54,7 +55,7 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per paper table (rows of runs that were selected)."""
     by_name = {r["run"]: r for r in rows}
     head = ("| row | params (M) | GFLOPs | train img/s | FID (Inception) | FD (classifier) | class acc. | "
-            "precision / recall | paper: params / GFLOPs / FID |\n|---|---|---|---|---|---|---|---|---|")
+            "precision / recall | noise samples | paper: params / GFLOPs / FID |\n|---|---|---|---|---|---|---|---|---|---|")
     parts = []
     for group, title in TITLES.items():
         members = [by_name[n] for n in GROUPS[group] if n in by_name]
@@ -68,7 +69,8 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
             pr = f"{_num(r['precision'], '.3f')} / {_num(r['recall'], '.3f')}"
             lines.append(f"| {r['label']} | {r['params_m']:.1f} | {r['gflops']:.2f} | "
                          f"{_num(r['train_images_per_s'], '.0f')} | {_num(r['fid'], '.2f')} | "
-                         f"{_num(r['fd_classifier'], '.2f')} | {_num(r['class_accuracy'], '.3f')} | {pr} | {paper} |")
+                         f"{_num(r['fd_classifier'], '.2f')} | {_num(r['class_accuracy'], '.3f')} | {pr} | "
+                         f"{_num(None if r['noise_fraction'] is None else 100 * r['noise_fraction'], '.1f')}% | {paper} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
