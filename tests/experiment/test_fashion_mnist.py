@@ -298,22 +298,23 @@ def test_format_tables_one_table_per_group_with_two_selected_runs():
     assert format_tables([full]) == "\n"
 
 
-@pytest.mark.xfail(strict=True, reason="report.py:73 appends '%' after the '—' of a missing noise fraction")
 def test_format_tables_missing_noise_fraction_is_a_plain_dash():
     text = format_tables([table_row("lamamba-s", "A"), table_row("dit-s2", "B")])
     assert "—%" not in text
 
 
-@pytest.mark.xfail(strict=True, reason="ExperimentConfig.validate (fashion_mnist.py:112) accepts --features '', "
-                                       "after which score_run logs 'scored already' for unscored runs and exits 0")
 def test_empty_feature_list_is_rejected(tiny_registry, fake_root, tmp_path, capsys):
     assert cli(tmp_path, fake_root, "--runs", "tiny", "--stages", "score", "--features", "") == 2
     assert "--features" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="write_report (report.py:83) does not create --out: '--stages report' on a "
-                                       "fresh directory fails with a bare '[Errno 2] ... results.json'")
-def test_report_on_a_fresh_directory(tiny_registry, fake_root, tmp_path):
+def test_report_on_a_fresh_directory_says_what_is_missing(tiny_registry, fake_root, tmp_path, capsys):
     out = tmp_path / "fresh"
-    assert cli(out, fake_root, "--runs", "tiny", "--stages", "report") == 0
-    assert "| tiny DiT | " in (out / "results.md").read_text()
+    assert cli(out, fake_root, "--runs", "tiny", "--stages", "report") == 2
+    err = capsys.readouterr().err
+    assert "no trained runs" in err and "train, sample and score stages" in err
+
+
+def test_empty_stage_list_is_rejected(tiny_registry, fake_root, tmp_path, capsys):
+    assert cli(tmp_path, fake_root, "--runs", "tiny", "--stages", "") == 2
+    assert "--stages" in capsys.readouterr().err

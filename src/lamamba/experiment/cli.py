@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     runs = select_runs(args.runs)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if not stages:
+        raise ValueError(f"--stages is empty; choose from {', '.join(STAGES)}")
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")

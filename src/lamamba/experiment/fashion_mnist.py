@@ -15,8 +15,10 @@ interrupted experiment continues where it stopped (training resumes from its new
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from lamamba.data.builtin import FASHION_MNIST_ENV
 
 __all__ = ["Run", "RUNS", "GROUPS", "ExperimentConfig", "select_runs", "train_run", "sample_run", "score_run",
            "throughput", "noise_fraction", "test_images"]
@@ -109,6 +113,8 @@ class ExperimentConfig:
         if self.num_samples % NUM_CLASSES:
             raise ValueError(f"--num-samples must be a multiple of {NUM_CLASSES} (balanced classes), "
                              f"got {self.num_samples}")
+        if not self.features:
+            raise ValueError("--features is empty; name inception and/or classifier")
         unknown = set(self.features) - {"inception", "classifier"}
         if unknown:
             raise ValueError(f"unknown feature network(s) {sorted(unknown)}; choose inception and/or classifier")
@@ -173,6 +179,21 @@ def throughput(metrics_path: Path) -> dict[str, float]:
                 final_loss=statistics.mean(losses[-5:]) if losses else float("nan"))
 
 
+@contextlib.contextmanager
+def _data_root(root: str | None):
+    """``lamamba train`` finds Fashion-MNIST through LAMAMBA_FASHION_MNIST: set it for the call, then restore."""
+    old = os.environ.get(FASHION_MNIST_ENV)
+    if root:
+        os.environ[FASHION_MNIST_ENV] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FASHION_MNIST_ENV, None)
+        else:
+            os.environ[FASHION_MNIST_ENV] = old
+
+
 def train_run(cfg: ExperimentConfig, run: Run) -> Path:
     """Train (or resume) one run; writes ``train.json`` (speed, card, software) when done."""
     from lamamba import train
@@ -183,15 +204,13 @@ def train_run(cfg: ExperimentConfig, run: Run) -> Path:
     if done.is_file():
         logger.info("%s: trained already (%s)", run.name, done)
         return done
-    if cfg.data_root:
-        import os
-        os.environ["LAMAMBA_FASHION_MNIST"] = cfg.data_root
     argv = train_argv(cfg, run)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "command.txt").write_text("lamamba train " + " ".join(argv) + "\n")
     tic = time.time()
-    if train.run(_parse(train, argv)) != 0:
-        raise RuntimeError(f"{run.name}: training diverged; see {directory / 'log.txt'}")
+    with _data_root(cfg.data_root):
+        if train.run(_parse(train, argv)) != 0:
+            raise RuntimeError(f"{run.name}: training diverged; see {directory / 'log.txt'}")
     args = _parse(train, argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

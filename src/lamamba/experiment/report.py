@@ -51,6 +51,10 @@ def _num(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
 def format_tables(rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per paper table (rows of runs that were selected)."""
     by_name = {r["run"]: r for r in rows}
@@ -70,7 +74,7 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['label']} | {r['params_m']:.1f} | {r['gflops']:.2f} | "
                          f"{_num(r['train_images_per_s'], '.0f')} | {_num(r['fid'], '.2f')} | "
                          f"{_num(r['fd_classifier'], '.2f')} | {_num(r['class_accuracy'], '.3f')} | {pr} | "
-                         f"{_num(None if r['noise_fraction'] is None else 100 * r['noise_fraction'], '.1f')}% | {paper} |")
+                         f"{_pct(r['noise_fraction'])} | {paper} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -78,6 +82,10 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
 def write_report(cfg: ExperimentConfig, runs: list[Run]) -> Path:
     """``results.json``, ``results.md`` and ``grids/<run>.png`` (the first 100 samples: one class per column)."""
     out = Path(cfg.out)
+    missing = [r.name for r in runs if not (run_dir(cfg, r) / "train.json").is_file()]
+    if len(missing) == len(runs):
+        raise ValueError(f"no trained runs under {out / 'runs'} ({', '.join(missing)}); run the train, sample and "
+                         "score stages first (or point --out at the experiment directory)")
     rows = collect_results(cfg, runs)
     cards = sorted({r["card"] for r in rows if r["card"]})
     (out / "results.json").write_text(json.dumps(dict(config=cfg.__dict__, cards=cards, runs=rows), indent=2,
