@@ -1,11 +1,9 @@
 """``lamamba experiment fashion-mnist``: the four stages end to end through the CLI on tiny runs and fake IDX
 files, resumability, the training command line, the throughput / noise helpers and the user errors."""
-import gzip
 import json
 import logging
 import math
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -36,27 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_idx_gz(path: Path, array: np.ndarray) -> None:
-    """uint8 IDX (type code 0x08): 0, 0, 0x08, ndim, big-endian uint32 dims, then the bytes; gzipped."""
-    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(raw + array.astype(np.uint8).tobytes()))
-
-
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory) -> Path:
-    """64 train / 40 test 28x28 images, labels 0..9; class c is a bright band at row 2c."""
-    root = tmp_path_factory.mktemp("fashion")
-    rng = np.random.default_rng(0)
-    for stem, n in (("train", 64), ("t10k", 40)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c + 3:2 * c + 6] = 250
-        write_idx_gz(root / f"{stem}-images-idx3-ubyte.gz", images)
-        write_idx_gz(root / f"{stem}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 def patch_registry(mp: pytest.MonkeyPatch) -> tuple[str, ...]:

@@ -35,6 +35,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from lamamba.io import atomic_write
+
 from .transforms import hflip
 
 __all__ = ["LatentDataset", "extract_latents", "is_latent_dir", "META_FILE"]
@@ -54,15 +56,6 @@ def is_latent_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory written by ``extract_latents`` (finished or not)."""
     path = Path(path)
     return path.is_dir() and ((path / META_FILE).exists() or any(path.glob("shard-*.safetensors")))
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _shard_fingerprint(path: Path) -> str | None:
@@ -184,14 +177,14 @@ def extract_latents(
             tensors = _encode_shard(dataset, vae, ranges[k], batch_size=batch_size, num_workers=num_workers,
                                     flips=flips, dtype=_DTYPES[dtype], bar=bar)
             header = {"fingerprint": fingerprint, "start": str(ranges[k].start), "count": str(len(ranges[k]))}
-            _write_atomic(out / _shard_name(k), lambda p: save_file(tensors, str(p), metadata=header))
+            atomic_write(out / _shard_name(k), lambda p: save_file(tensors, str(p), metadata=header))
 
     # Whichever rank sees every shard finished writes the index; until then the directory is "unfinished".
     if all(_shard_fingerprint(out / _shard_name(k)) == fingerprint for k in range(len(ranges))):
         shards = [{"file": _shard_name(k), "start": r.start, "count": len(r)} for k, r in enumerate(ranges)]
         meta = {**settings, "fingerprint": fingerprint, "shards": shards, "dataset": repr(dataset),
                 "stored": "posterior mean and std of the scaled latent; a latent is mean + std * N(0, 1)"}
-        _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
         logger.info("wrote %d latents in %d shards to %s", count, len(ranges), out)
     return out
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 import warnings
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lamamba.data.builtin import FASHION_MNIST_CLASSES, FashionMNISTDataset
+from lamamba.io import atomic_write
 
 __all__ = ["FashionClassifier", "train_classifier", "export_feature_net", "ensure_feature_net", "class_accuracy",
            "evaluate_accuracy"]
@@ -195,15 +195,6 @@ def train_classifier(
     return model, accuracy
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_feature_net(model: FashionClassifier, path: str | Path, *, metadata: dict | None = None) -> Path:
     """Save ``model`` as TorchScript (CPU, fp32, eval mode) at ``path`` and ``metadata`` (plus the architecture,
     the input contract and the torch version) as JSON at ``path.with_suffix('.json')``; both written atomically,
@@ -226,8 +217,8 @@ def export_feature_net(model: FashionClassifier, path: str | Path, *, metadata: 
             "output": "{'pool': (N, feature_dim), 'logits': (N, num_classes)}",
             "torch": torch.__version__, "python": platform.python_version(), **(metadata or {}),
         }
-        _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
-        _atomic_write(path, lambda p: torch.jit.save(scripted, str(p)))
+        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+        atomic_write(path, lambda p: torch.jit.save(scripted, str(p)))
     return path
 
 
