@@ -36,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"EMA decay, with warm-up (default: {defaults.ema_decay})")
     parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
                         help=f"samples per run, class-balanced (default: {defaults.num_samples:,})")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), default=defaults.sampler)
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), default=defaults.sampler,
+                        help=f"sampler (default: {defaults.sampler}; the paper: ddpm with 250 steps)")
     parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
                         help=f"sampling steps (default: {defaults.sample_steps})")
-    parser.add_argument("--sample-batch", type=int, default=defaults.sample_batch)
+    parser.add_argument("--sample-batch", type=int, default=defaults.sample_batch,
+                        help=f"samples per forward pass (default: {defaults.sample_batch})")
     parser.add_argument("--clip-denoised", action="store_true",
                         help="clamp predicted clean images to [-1, 1] while sampling (default: off, as reported)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
