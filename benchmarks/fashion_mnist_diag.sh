@@ -3,9 +3,8 @@
 # with several samplers/precisions and count the failures; meanwhile run the GPU tests and a compiled
 # `lamamba train` smoke run. Carry .carry/fashion-mnist and .whl. Usage: bash benchmarks/fashion_mnist_diag.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
+source "$(dirname "$0")/device_env.sh"
+export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m lamamba.cli experiment fashion-mnist --runs lamamba-s --stages train --out /tmp/diag > "$OUT/train.log" 2>&1 &
 pid=$!

@@ -6,14 +6,8 @@
 #                                                         # (comma-separated, in order); results under $OUT
 # Extra arguments for `lamamba experiment` go in $EXP_ARGS.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:src
-else
-  export PYTHONPATH=src
-fi
-export PYTHONUNBUFFERED=1 LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
+source "$(dirname "$0")/device_env.sh"
+export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 EXP="python3 -m lamamba.cli experiment fashion-mnist --stages train,sample ${EXP_ARGS:-}"

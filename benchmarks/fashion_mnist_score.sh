@@ -4,9 +4,8 @@
 # widened back to fp32 here; samples travel xz-compressed. Usage: bash benchmarks/fashion_mnist_score.sh CARRY_DIR
 # with CARRY_DIR/runs/<run>/samples/samples.npz.xz and CARRY_DIR/fashion-mnist/t10k-*.gz; carry .whl-min (tqdm).
 set -euo pipefail
-OUT=${OUT:-/tmp/out}; CARRY=$1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-min/*.whl
-export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1
+CARRY=$1
+WHEELS=.whl-min source "$(dirname "$0")/device_env.sh"
 python3 - "$CARRY" <<'PY'
 import lzma, pathlib, sys, torch
 carry = pathlib.Path(sys.argv[1])

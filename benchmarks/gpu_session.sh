@@ -2,14 +2,7 @@
 # One device call: GPU tests, kernel benchmark, and `lamamba bench` at 256 and 512 px, results under $OUT.
 # Usage (device tool): bash benchmarks/gpu_session.sh [quick]     (carry .whl: pytest and friends as wheels)
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:src
-else
-  export PYTHONPATH=src
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 echo "== GPU tests"; python3 -m pytest -q -x -m gpu tests/ops/test_triton_scan.py tests/models/test_window_attention.py \

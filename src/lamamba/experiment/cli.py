@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 fn(cfg, r)
     if "score" in stages:
         for r in runs:
-            score_run(cfg, r, device="auto" if cfg.device == "auto" else cfg.device)
+            score_run(cfg, r)
     if "report" in stages:
         print(write_report(cfg, runs).read_text())
     return 0

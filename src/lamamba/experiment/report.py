@@ -59,7 +59,7 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per paper table (rows of runs that were selected)."""
     by_name = {r["run"]: r for r in rows}
     head = ("| row | params (M) | GFLOPs | train img/s | FID (Inception) | FD (classifier) | class acc. | "
-            "precision / recall | noise samples | paper: params / GFLOPs / FID |\n|---|---|---|---|---|---|---|---|---|---|")
+            "precision / recall | noise samples | paper: params / GFLOPs / FID |\n" + "|---" * 10 + "|")
     parts = []
     for group, title in TITLES.items():
         members = [by_name[n] for n in GROUPS[group] if n in by_name]

@@ -3,5 +3,5 @@ from lamamba.models.dit import DiT, DiTConfig
 from lamamba.models.lamamba import LaMambaBlock, LaMambaConfig, LaMambaDiff, SS2D, WindowAttention
 from lamamba.models.registry import compile_model, create_model, list_models, model_config, model_from_config
 
-__all__ = ["compile_model", "create_model", "list_models", "model_config", "model_from_config", "LaMambaDiff", "LaMambaConfig",
-           "LaMambaBlock", "SS2D", "WindowAttention", "DiT", "DiTConfig"]
+__all__ = ["compile_model", "create_model", "list_models", "model_config", "model_from_config", "LaMambaDiff",
+           "LaMambaConfig", "LaMambaBlock", "SS2D", "WindowAttention", "DiT", "DiTConfig"]

@@ -35,7 +35,8 @@ class DistEnv:
         return self.world_size > 1 or dist.is_initialized()
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``requested`` ("auto", "cpu", "cuda" or "cuda:N") as the device this process uses."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)
@@ -53,10 +54,10 @@ def init_distributed(device: str = "auto") -> DistEnv:
     ``device``: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), "cpu", "cuda" or "cuda:N".
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistEnv(0, 1, 0, _pick_device(device, 0))
+        return DistEnv(0, 1, 0, pick_device(device, 0))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
