@@ -68,8 +68,7 @@ def test_ss2d_scan_matches_naive(H, W, N):
     args = [torch.randn(b, L, d), torch.randn(b, L, 4, d), -torch.rand(4 * d, N) - 0.1,
             torch.randn(b, L, 4, N), torch.randn(b, L, 4, N), torch.randn(4 * d), torch.randn(4 * d) * 0.1]
     args = [a.double().requires_grad_(True) for a in args]
-    paths, inverse = scan_paths(H, W)
-    out = ss2d_selective_scan(*args, paths, inverse)
+    out = ss2d_selective_scan(*args, H, W)
     ref = naive_ss2d(*args, H, W)
     torch.testing.assert_close(out.double(), ref)
     g = torch.randn_like(ref)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
                                    check_input, dit_init, modulate, sincos_pos_embed_2d)
-from lamamba.ops.scan_paths import NUM_PATHS, scan_paths
+from lamamba.ops.scan_paths import NUM_PATHS
 from lamamba.ops.ss2d_scan import ss2d_selective_scan
 from lamamba.ops.window_attention import window_attention
 
@@ -126,9 +126,8 @@ class SS2D(nn.Module):
         x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * Ns), d)).view(Nb, H * W, K, R + 2 * Ns)
         dt_raw, Bs, Cs = x_dbl.split([R, Ns, Ns], dim=-1)                         # (N, L, K, R|N|N)
         dts = torch.einsum("blkr,kdr->blkd", dt_raw, self.dt_projs_weight)        # (N, L, K, d)
-        paths, inverse = scan_paths(H, W, u.device)
         y = ss2d_selective_scan(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
-                                self.dt_projs_bias.float().flatten(), paths, inverse)  # (N, L, d) fp32
+                                self.dt_projs_bias.float().flatten(), H, W)      # (N, L, d) fp32
         y = self.out_norm(y).to(u.dtype).view(Nb, H, W, d)
         return self.out_proj(y * F.silu(z))                                       # (N, H, W, D)
 

@@ -1,17 +1,14 @@
-"""Triton selective scan: the Mamba-layout forward/backward used by ``selective_scan``, and the fused
-four-direction SS2D scan used by ``ss2d_selective_scan``.
+"""Triton selective scan: the Mamba-layout forward/backward used by ``selective_scan`` (SS2D's own
+four-direction scan is ``lamamba.ops.triton_ss2d``).
 
 Kernels live in ``lamamba.ops.triton_scan_kernels`` (design notes there). Launch configuration:
 
-* grid ``(batch, directions_per_launch * ceil(d / BLOCK_D))``: one program per batch element and block of
-  channels; the Mamba layout gives each program one group's channel block, the SS2D scan gives it all
-  four directions of its channel block (walked one after the other, accumulating into the output);
+* grid ``(batch, groups * ceil(d / BLOCK_D))``: one program per batch element, group and block of channels;
 * tiles of ``BLOCK_T`` time steps x ``BLOCK_D`` channels x ``BLOCK_N`` (= state size rounded up to a power
   of two, masked) solved by one parallel scan; sizes from ``LAUNCH`` (a ``LaunchConfig``).
 
-The backward needs the state entering every tile: the SS2D forward stores them when a gradient will be
-needed; the Mamba-layout backward (whose custom op saves only the inputs) recomputes them with a
-state-only pass of the forward kernel. States and all accumulation are float32 (float64 for float64
+The backward needs the state entering every tile: the backward (whose custom op saves only the inputs)
+recomputes them with a state-only pass of the forward kernel. States and all accumulation are float32 (float64 for float64
 inputs). Under ``TRITON_INTERPRET=1`` (set before triton is first imported) the kernels also run on
 CPU tensors, through Triton's interpreter (slow; for tests).
 """
@@ -121,13 +118,12 @@ class _Launch:
     L: int
     d: int          # channels per direction
     N: int
-    K: int          # directions (groups of the Mamba layout, scan paths of SS2D)
-    dirs: int       # directions per program
+    K: int          # groups (channels sharing B and C)
     strides: tuple  # x-like, delta-like, B-like: (batch, direction, channel|state, position) each
 
     @property
     def grid(self) -> tuple[int, int]:
-        return (self.batch, self.K // self.dirs * self.tiles.blocks(self.d))
+        return (self.batch, self.K * self.tiles.blocks(self.d))
 
     @property
     def chunks(self) -> int:
@@ -164,11 +160,11 @@ def _mamba_launch(u: Tensor, A: Tensor, B: Tensor) -> _Launch:
     d = channels // groups
     sb, sc, sl = u.stride()
     strides = (sb, d * sc, sc, sl) * 2 + tuple(B.stride())   # u-like and delta-like share the layout
-    return _Launch(_tiles(N, d, batch * groups, u.device), batch, L, d, N, groups, 1, strides)
+    return _Launch(_tiles(N, d, batch * groups, u.device), batch, L, d, N, groups, strides)
 
 
 def _mamba_flags(D, z, delta_bias, delta_softplus) -> dict:
-    return dict(DIRS=1, HAS_PATH=False, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+    return dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
                 HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus))
 
 
@@ -185,7 +181,7 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     out = torch.empty_like(u)
     last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=acc)
     _kernels(u.device).scan_fwd_kernel[launch.grid](
-        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, out, last, A, *launch.scalars(),
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), out, last, A, *launch.scalars(),
         **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True, STORE_LAST=True, STORE_CKPT=False,
         ACC=_tl_dtype(acc), **launch.tiles.meta())
     return out, last
@@ -205,128 +201,16 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
     kernels, flags = _kernels(u.device), _mamba_flags(D, z, delta_bias, delta_softplus)
     states = launch.states(u, acc)
     kernels.scan_fwd_kernel[launch.grid](
-        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, u, A, states, *launch.scalars(),
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, A, states, *launch.scalars(),
         **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=_tl_dtype(acc), **launch.tiles.meta())
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else u.new_empty(0)
     dB, dC, dA, dD, dbias = launch.bwd_buffers(u, B, acc)
     kernels.scan_bwd_kernel[launch.grid](
-        dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, states,
+        dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), states,
         du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
         **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta(backward=True))
     empty = u.new_empty(0)
     return [du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             empty if D is None else dD.sum(0).to(D.dtype), dz,
             empty if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
-
-
-# ------------------------------------------------------------------------------------------------
-#             Fused SS2D scan: four directions read through the path table, pixel order in/out
-# ------------------------------------------------------------------------------------------------
-
-def _ss2d_launch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> _Launch:
-    batch, L, d = x.shape
-    K, N = delta.shape[2], A.shape[1]
-    xb, xl, xc = x.stride()
-    db, dl, dk, dc = delta.stride()
-    Bb, Bl, Bk, Bn = B.stride()
-    strides = (xb, 0, xc, xl, db, dk, dc, dl, Bb, Bk, Bn, Bl)   # every direction reads the same x
-    return _Launch(_tiles(N, d, batch, x.device), batch, L, d, N, K, K, strides)
-
-
-_SS2D_FLAGS = dict(HAS_PATH=True, HAS_D=True, HAS_BIAS=True, HAS_Z=False, SOFTPLUS=True)
-
-
-@torch.library.custom_op("lamamba::ss2d_scan_fwd", mutates_args=())
-def _ss2d_fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
-              paths: Tensor, save_states: bool) -> tuple[Tensor, Tensor]:
-    """y (batch, L, d) and, with ``save_states``, the tile-start states (batch, K, chunks, d, N)."""
-    launch = _ss2d_launch(x, delta, A, B)
-    acc = _acc_dtype(x.dtype)
-    y = torch.empty(x.shape, dtype=acc, device=x.device)
-    states = launch.states(x, acc) if save_states else x.new_empty(0, dtype=acc)
-    _kernels(x.device).scan_fwd_kernel[launch.grid](
-        x, delta, A, B, C, D, delta_bias, x, paths, y, A, states, *launch.scalars(),
-        DIRS=launch.K, **_SS2D_FLAGS, WRITE_OUT=True, STORE_LAST=False, STORE_CKPT=save_states,
-        ACC=_tl_dtype(acc), **launch.tiles.meta())
-    return y, states
-
-
-@_ss2d_fwd.register_fake
-def _(x, delta, A, B, C, D, delta_bias, paths, save_states):
-    acc = _acc_dtype(x.dtype)
-    chunks = triton.cdiv(x.shape[1], LAUNCH.block_t)
-    shape = (x.shape[0], delta.shape[2], chunks, x.shape[2], A.shape[1]) if save_states else (0,)
-    return x.new_empty(x.shape, dtype=acc), x.new_empty(shape, dtype=acc)
-
-
-@torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
-def _ss2d_bwd(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-              delta_bias: Tensor, paths: Tensor, states: Tensor) -> list[Tensor]:
-    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias) in the inputs' shapes and dtypes."""
-    launch = _ss2d_launch(x, delta, A, B)
-    acc = _acc_dtype(x.dtype)
-    dx = torch.empty(x.shape, dtype=acc, device=x.device)   # accumulates the K directions
-    ddelta = torch.empty_like(delta)
-    dB, dC, dA, dD, dbias = launch.bwd_buffers(x, B, acc)
-    _kernels(x.device).scan_bwd_kernel[launch.grid](
-        dy, x, delta, A, B, C, D, delta_bias, x, paths, states,
-        dx, ddelta, dx, dB, dC, dA, dD, dbias, *launch.scalars(),
-        DIRS=launch.K, **_SS2D_FLAGS, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc),
-        **launch.tiles.meta(backward=True))
-    return [dx.to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
-
-
-@_ss2d_bwd.register_fake
-def _(dy, x, delta, A, B, C, D, delta_bias, paths, states):
-    return [torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias)]
-
-
-def _ss2d_setup_context(ctx, inputs, output):
-    x, delta, A, B, C, D, delta_bias, paths, _ = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, paths, output[1])
-
-
-def _ss2d_backward(ctx, dy, dstates):
-    grads = _ss2d_bwd(dy.contiguous(), *ctx.saved_tensors)
-    return (*grads, None, None)
-
-
-_ss2d_fwd.register_autograd(_ss2d_backward, setup_context=_ss2d_setup_context)
-
-
-def ss2d_selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                        delta_bias: Tensor, paths: Tensor, inverse: Tensor) -> Tensor:
-    """Fused SS2D scan (shapes in ``lamamba.ops.ss2d_scan``): x (b, L, d), delta (b, L, K, d),
-    B, C (b, L, K, N), A (K*d, N), D, delta_bias (K*d,), paths (K, L) int64; softplus always on.
-
-    Returns y (b, L, d) in float32 (float64 for float64 x), the sum of the K directions in pixel order.
-    ``inverse`` is accepted for the common signature; the kernel accumulates at ``paths[k, t]`` directly.
-    Differentiable in every tensor argument except the paths. The tile-start states are kept for the
-    backward only when a gradient can be needed.
-    """
-    _check_ss2d(x, delta, A, B, C, D, delta_bias, paths)
-    tensors = (x, delta, A, B, C, D, delta_bias)
-    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    y, _ = _ss2d_fwd(*(t.contiguous() for t in tensors), paths.contiguous(), save_states)
-    return y
-
-
-def _check_ss2d(x, delta, A, B, C, D, delta_bias, paths) -> None:
-    if x.dim() != 3:
-        raise ValueError(f"x must be (batch, L, d); got {tuple(x.shape)}")
-    b, L, d = x.shape
-    if paths.dim() != 2 or paths.shape[1] != L or paths.dtype != torch.int64:
-        raise ValueError(f"paths must be (K, L={L}) int64 as from lamamba.ops.scan_paths.scan_paths; "
-                         f"got {tuple(paths.shape)} {paths.dtype}")
-    K = paths.shape[0]
-    N = A.shape[-1]
-    expected = {"delta": (delta, (b, L, K, d)), "A": (A, (K * d, N)), "B": (B, (b, L, K, N)),
-                "C": (C, (b, L, K, N)), "D": (D, (K * d,)), "delta_bias": (delta_bias, (K * d,))}
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} for x {tuple(x.shape)} and {K} paths; "
-                             f"got {tuple(t.shape)}")
-    if any(t.device != x.device for t in (delta, A, B, C, D, delta_bias, paths)):
-        raise ValueError("all SS2D scan tensors, paths included, must be on x's device")

@@ -1,0 +1,217 @@
+"""Launch of the SS2D scan kernels (``lamamba.ops.triton_ss2d_kernels``) as ``torch.library`` custom ops.
+
+``ss2d_scan_directions`` is the Triton route of ``lamamba.ops.ss2d_scan.ss2d_scan_directions``: pixel-order,
+channels-last inputs, one output slice per direction, differentiable in every tensor argument. The custom ops
+make the scan one opaque node for ``torch.compile`` and give meta tensors their shapes.
+
+Launch configuration (``SS2D_LAUNCH``, an ``SS2DLaunchConfig``): tiles of ``block_t`` steps x ``block_d``
+channels x ``block_n`` (the state size rounded up to a power of two; ``block_d * block_n <= state_lanes``);
+the length is split into chunks until the grid has ``programs_per_sm`` programs per SM (or every chunk is
+one tile). Under ``TRITON_INTERPRET=1`` (set before triton is first imported) the kernels also run on CPU
+tensors, through Triton's interpreter (slow; for tests).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.jit import JITFunction
+
+from lamamba.ops import triton_ss2d_kernels as kernels
+
+K = 4  # scan directions
+
+
+@dataclass(frozen=True)
+class SS2DLaunchConfig:
+    """Tile sizes and launch parameters; replace ``SS2D_LAUNCH`` (``dataclasses.replace``) to re-tune."""
+    block_t: int = 32           # scan steps per tile
+    state_lanes: int = 256      # block_d * block_n at most
+    max_block_d: int = 32       # channels per program
+    num_warps: int = 4          # forward kernel
+    bwd_num_warps: int = 4      # backward kernel
+    programs_per_sm: int = 8    # split the length into chunks until the grid has this many programs per SM
+    max_chunks: int = 64
+
+
+SS2D_LAUNCH = SS2DLaunchConfig()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type != "cuda" and isinstance(kernels.ss2d_fwd_kernel, JITFunction):
+        raise ValueError(f"the Triton SS2D kernels need CUDA tensors, got {device.type} ones; for CPU tensors set "
+                         "TRITON_INTERPRET=1 before triton is first imported (Triton's interpreter)")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Tiles, chunks and grid of one problem."""
+    batch: int
+    H: int
+    W: int
+    d: int
+    N: int
+    block_t: int
+    block_d: int
+    block_n: int
+    chunk_tiles: int
+    n_chunks: int
+
+    @property
+    def n_tiles(self) -> int:
+        return triton.cdiv(self.H * self.W, self.block_t)
+
+    @property
+    def n_dblocks(self) -> int:
+        return triton.cdiv(self.d, self.block_d)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (K * self.n_dblocks * self.n_chunks, self.batch)
+
+    def scalars(self) -> tuple:
+        return (self.H, self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles)
+
+    def meta(self, acc: torch.dtype, warps: int) -> dict:
+        return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_T=self.block_t,
+                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, num_warps=warps)
+
+    def carry(self, like: Tensor, acc: torch.dtype) -> Tensor:
+        """Per-chunk maps: (2, batch, 4, n_chunks, d, N) (products, then states)."""
+        shape = (2, self.batch, K, self.n_chunks, self.d, self.N) if self.n_chunks > 1 else (0,)
+        return like.new_empty(shape, dtype=acc)
+
+
+def _plan(batch: int, H: int, W: int, d: int, N: int, device: torch.device) -> _Plan:
+    cfg = SS2D_LAUNCH
+    block_n = triton.next_power_of_2(N)
+    block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
+    n_tiles = triton.cdiv(H * W, cfg.block_t)
+    programs = batch * K * triton.cdiv(d, block_d)
+    want = triton.cdiv(cfg.programs_per_sm * _sm_count(device), programs)
+    chunk_tiles = triton.cdiv(n_tiles, max(1, min(want, cfg.max_chunks, n_tiles)))
+    return _Plan(batch, H, W, d, N, cfg.block_t, block_d, block_n, chunk_tiles, triton.cdiv(n_tiles, chunk_tiles))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _strides(x: Tensor, delta: Tensor, B: Tensor) -> tuple:
+    return (x.stride(0), x.stride(1), delta.stride(0), delta.stride(1), delta.stride(2), *B.stride())
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """B and C as the kernels read them: any strides, but the same for both (views of one projection)."""
+    return (B, C) if B.stride() == C.stride() else (B.contiguous(), C.contiguous())
+
+
+# ------------------------------------------------------------------------------------------------
+#                                        Custom ops
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("lamamba::ss2d_scan_fwd", mutates_args=())
+def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
+         H: int, W: int, save_states: bool) -> tuple[Tensor, Tensor]:
+    """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward."""
+    _check_device(x.device)
+    x, delta = _channels_last(x), _channels_last(delta)
+    B, C = _bc(B, C)
+    A, D, delta_bias = A.contiguous(), D.contiguous(), delta_bias.contiguous()
+    plan = _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device)
+    acc = _acc_dtype(x.dtype)
+    ys = x.new_empty((x.shape[0], H * W, K, x.shape[2]))
+    ckpt = x.new_empty((x.shape[0], K, plan.n_tiles, plan.d, plan.N) if save_states else (0,), dtype=acc)
+    carry = plan.carry(x, acc)
+    strides = (*_strides(x, delta, B), *ys.stride()[:3])
+    args = (x, delta, A, B, C, D, delta_bias, ys, ckpt, carry, *plan.scalars(), *strides)
+    meta = plan.meta(acc, SS2D_LAUNCH.num_warps)
+    if plan.n_chunks > 1:
+        kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=True, STORE_CKPT=False, **meta)
+    kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=False, STORE_CKPT=save_states, **meta)
+    return ys, ckpt
+
+
+@_fwd.register_fake
+def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
+    plan_tiles = triton.cdiv(H * W, SS2D_LAUNCH.block_t)
+    shape = (x.shape[0], K, plan_tiles, x.shape[2], A.shape[1]) if save_states else (0,)
+    return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
+def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+         delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
+    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
+    _check_device(x.device)
+    x, delta, dys = _channels_last(x), _channels_last(delta), _channels_last(dys)
+    B, C = _bc(B, C)
+    A, D, delta_bias = A.contiguous(), D.contiguous(), delta_bias.contiguous()
+    plan = _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device)
+    acc = _acc_dtype(x.dtype)
+    batch, L, d = x.shape
+    dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
+    ddelta = torch.empty_like(delta)
+    atomic = plan.n_dblocks > 1
+    dB, dC = ((torch.zeros if atomic else torch.empty)((batch, L, K, plan.N), dtype=acc, device=x.device)
+              for _ in range(2))
+    parts = (batch * plan.n_chunks, K * d)
+    dA, dD, dbias = x.new_empty((*parts, plan.N), dtype=acc), x.new_empty(parts, dtype=acc), \
+        x.new_empty(parts, dtype=acc)
+    carry = plan.carry(x, acc)
+    strides = (*_strides(x, delta, B), *dys.stride()[:3], *dxs.stride()[:3])
+    args = (dys, x, delta, A, B, C, D, delta_bias, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
+            *plan.scalars(), *strides)
+    meta = plan.meta(acc, SS2D_LAUNCH.bwd_num_warps)
+    if plan.n_chunks > 1:
+        kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, ATOMIC_BC=atomic, **meta)
+    kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, ATOMIC_BC=atomic, **meta)
+    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
+
+
+@_bwd.register_fake
+def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W):
+    return [x.new_empty(x.shape), delta.new_empty(delta.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, H, W, _ = inputs
+    ctx.H, ctx.W = H, W
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[1])
+
+
+def _backward(ctx, dys, dckpt):
+    x, delta, A, B, C, D, delta_bias, ckpt = ctx.saved_tensors
+    grads = _bwd(dys, x, delta, A, B, C, D, delta_bias, ckpt, ctx.H, ctx.W)
+    return (*grads, None, None, None)
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ss2d_scan_directions(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                         delta_bias: Tensor, H: int, W: int) -> Tensor:
+    """Per-direction SS2D scan outputs (batch, L, 4, d) in x's dtype (shapes in ``lamamba.ops.ss2d_scan``).
+
+    The tile-start states are kept for the backward only when a gradient can be needed.
+    """
+    save_states = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+    ys, _ = _fwd(x, delta, A, B, C, D, delta_bias, H, W, save_states)
+    return ys

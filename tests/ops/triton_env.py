@@ -1,0 +1,35 @@
+"""How the Triton tests run: interpreted on CPU machines, compiled on GPU machines.
+
+Triton fixes "compile or interpret" when it is first imported, so importing this module asks for the
+interpreter (TRITON_INTERPRET=1) only when no CUDA device is present and triton is not imported yet; in any
+other process state the interpreter tests skip with the reason (run them alone, ``TRITON_INTERPRET=1 pytest
+tests/ops``) and the GPU tests (marker ``gpu``, real model shapes) run compiled kernels.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+INTERPRETED = not isinstance(triton.language.sigmoid, JITFunction) or os.environ.get("TRITON_INTERPRET") == "1"
+interpreter = pytest.mark.skipif(not INTERPRETED, reason="triton was imported without TRITON_INTERPRET=1 in this "
+                                 "process; run tests/ops alone on a CPU machine or with TRITON_INTERPRET=1")
+
+
+def gpu(test):
+    """Marker ``gpu``, skipped without CUDA or when this process interprets Triton."""
+    needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED,
+                                    reason="needs CUDA and compiled (not interpreted) Triton")
+    return pytest.mark.gpu(needs_cuda(test))
+
+
+def rel_err(a, b):
+    """Max-norm relative error, computed in float64."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
