@@ -8,7 +8,7 @@ source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 echo "== GPU tests"
-python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_triton_ss2d.py tests/ops/test_triton_scan.py -k "gpu or kernel_paths or reverse" \
+python3 -m pytest -o addopts="" -q -x -p no:cacheprovider tests/ops/test_triton_ss2d.py tests/ops/test_triton_scan.py -k "gpu or kernel_paths or reverse" \
   2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 echo "== scan (this checkout)"
 python3 benchmarks/bench_scan.py --out "$OUT/scan.json" 2>&1 | tail -12 | tee "$OUT/scan.txt"
@@ -20,9 +20,10 @@ if [ -d .baseline/src ]; then
   done
 fi
 echo "== launch sweep"
-for flags in "--block-t 16" "--block-t 64" "--max-block-d 64" "--block-t 64 --max-block-d 64 --num-warps 8 --bwd-num-warps 8" \
-             "--max-block-d 16 --num-warps 2 --bwd-num-warps 2" "--programs-per-sm 4" "--programs-per-sm 16"; do
+W1="--num-warps 1 --bwd-num-warps 1"; W2="--num-warps 2 --bwd-num-warps 2"
+for flags in "$W1" "$W1 --block-t 64" "$W1 --block-t 16" "$W1 --max-block-d 64" "$W1 --max-block-d 16" "$W2" \
+             "$W2 --max-block-d 64" "--num-stages 2" "$W1 --num-stages 2" "$W1 --block-t 64 --max-block-d 64"; do
   echo "-- $flags" | tee -a "$OUT/sweep.txt"
-  timeout 120 python3 benchmarks/bench_scan.py --shapes 64x256 1x2048 --copy-gib 0.25 $flags 2>&1 | grep -E "triton" \
-    | tee -a "$OUT/sweep.txt"
+  timeout 120 python3 benchmarks/bench_scan.py --shapes ${SWEEP_SHAPES:-64x256} --copy-gib 0.25 $flags 2>&1 \
+    | grep -E "triton" | tee -a "$OUT/sweep.txt"
 done

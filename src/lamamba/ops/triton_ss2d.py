@@ -35,6 +35,7 @@ class SS2DLaunchConfig:
     max_block_d: int = 32       # channels per program
     num_warps: int = 4          # forward kernel
     bwd_num_warps: int = 4      # backward kernel
+    num_stages: int = 1         # > 1: software-pipeline the tile loads of the time loop
     programs_per_sm: int = 8    # split the length into chunks until the grid has this many programs per SM
     max_chunks: int = 64
 
@@ -84,7 +85,7 @@ class _Plan:
 
     def meta(self, acc: torch.dtype, warps: int) -> dict:
         return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_T=self.block_t,
-                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, num_warps=warps)
+                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, STAGES=SS2D_LAUNCH.num_stages, num_warps=warps)
 
     def carry(self, like: Tensor, acc: torch.dtype) -> Tensor:
         """Per-chunk maps: (2, batch, 4, n_chunks, d, N) (products, then states)."""

@@ -33,7 +33,7 @@ states. With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
     d B_t     = sum_channels g_t delta_t x_t               d C_t = sum_channels dy_t h_t
     d A       = sum_t g_t (h_t - b_t) delta_t              d D   = sum_t dy_t x_t
 
-Sums over time are kept in registers and written once per program (the host sums the partials); sums over
+Sums over time are kept in registers (whole tiles, reduced over rows once at the end) and written once per program (the host sums the partials); sums over
 channels are reduced in the block, then added atomically (fp32) when several channel blocks share a direction.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def ss2d_fwd_kernel(
         H, W, d, N, n_dblocks, chunk_tiles, n_chunks, n_tiles,
         sx_b, sx_l, sd_b, sd_l, sd_k, sB_b, sB_l, sB_k, sB_n, sy_b, sy_l, sy_k,
         STATE_ONLY: tl.constexpr, STORE_CKPT: tl.constexpr, ACC: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
     """Forward. ``STATE_ONLY``: write each chunk's map (decay product, end state) to ``carry`` (2, batch, 4,
     n_chunks, d, N) and nothing else. Otherwise: write ``y`` (batch, L, 4, d) and, with ``STORE_CKPT``, the
     state entering every tile to ``ckpt`` (batch, 4, n_tiles, d, N)."""
@@ -117,7 +117,7 @@ def ss2d_fwd_kernel(
     B_base = b * sB_b + k * sB_k + ns[None, :] * sB_n
     y_base = y_ptr + b * sy_b + k * sy_k + ch[None, :]
     ckpt_base = ckpt_ptr + (b * 4 + k) * n_tiles * d * N + dn_off
-    for i in range(0, chunk_tiles):
+    for i in tl.range(0, chunk_tiles, num_stages=STAGES):
         tile = chunk * chunk_tiles + i
         if STORE_CKPT:
             tl.store(ckpt_base + tile * d * N, h, mask=dn_mask & (dn_off * 0 + tile < n_tiles))
@@ -151,7 +151,7 @@ def ss2d_bwd_kernel(
         H, W, d, N, n_dblocks, chunk_tiles, n_chunks, n_tiles,
         sx_b, sx_l, sd_b, sd_l, sd_k, sB_b, sB_l, sB_k, sB_n, sy_b, sy_l, sy_k, sg_b, sg_l, sg_k,
         STATE_ONLY: tl.constexpr, ATOMIC_BC: tl.constexpr, ACC: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
     """Backward (same grid as the forward). ``dy`` (batch, L, 4, d) with strides ``sy_*`` (a zero direction
     stride reads one gradient for all four). ``STATE_ONLY``: write each chunk's adjoint map (product of the
     decays, adjoint at the chunk's first step from zero) to ``carry``. Otherwise write ``dx`` (batch, L, 4, d),
@@ -183,16 +183,16 @@ def ss2d_bwd_kernel(
             G = tl.load(carry_ptr + carry_half + chunk_base + c * d * N, mask=dn_mask, other=0.0)
             g = P * g + G
     P_acc = tl.full([BLOCK_D, BLOCK_N], 1.0, ACC)
-    dA = tl.zeros([BLOCK_D, BLOCK_N], ACC)
-    dD = tl.zeros([BLOCK_D], ACC)
-    dbias = tl.zeros([BLOCK_D], ACC)
+    dA = tl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], ACC)   # sums over time, reduced over the tile rows at the end
+    dD = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+    dbias = tl.zeros([BLOCK_T, BLOCK_D], ACC)
     x_base = x_ptr + b * sx_b + ch[None, :]
     dt_base = b * sd_b + k * sd_k + ch[None, :]
     B_base = b * sB_b + k * sB_k + ns[None, :] * sB_n
     dy_base = dy_ptr + b * sy_b + k * sy_k + ch[None, :]
     ckpt_base = ckpt_ptr + (b * 4 + k) * n_tiles * d * N + dn_off
     dBC_base = (b * L * 4 + k) * N + ns[None, :]                          # contiguous (batch, L, 4, N)
-    for i in range(0, chunk_tiles):
+    for i in tl.range(0, chunk_tiles, num_stages=STAGES):
         tile = chunk * chunk_tiles + chunk_tiles - 1 - i
         s = tile * BLOCK_T + rows
         s_mask = s < L
@@ -228,9 +228,9 @@ def ss2d_bwd_kernel(
             ddt = tl.where(m2 & (v <= 20.0), ddt * tl.sigmoid(v), ddt)   # softplus'
             ddt = tl.where(m2, ddt, 0.0)
             dx = tl.sum(gs * Bt[:, None, :], 2) * dt + Dv[None, :] * dy
-            dA += tl.sum(gs * ah * dt[:, :, None], 0)
-            dD += tl.sum(dy * x, 0)
-            dbias += tl.sum(ddt, 0)
+            dA += gs * ah * dt[:, :, None]
+            dD += dy * x
+            dbias += ddt
             tl.store(ddt_ptr + dt_base + p[:, None] * sd_l, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
             tl.store(dx_ptr + b * sg_b + k * sg_k + ch[None, :] + p[:, None] * sg_l,
                      dx.to(dx_ptr.dtype.element_ty), mask=m2)
@@ -248,6 +248,6 @@ def ss2d_bwd_kernel(
         tl.store(carry_ptr + carry_half + chunk_base + chunk * d * N, g, mask=dn_mask)
     else:
         part = (b * n_chunks + chunk) * 4 * d + par
-        tl.store(dA_ptr + part[:, None] * N + ns[None, :], dA, mask=dn_mask)
-        tl.store(dD_ptr + part, dD, mask=c_mask)
-        tl.store(dbias_ptr + part, dbias, mask=c_mask)
+        tl.store(dA_ptr + part[:, None] * N + ns[None, :], tl.sum(dA, 0), mask=dn_mask)
+        tl.store(dD_ptr + part, tl.sum(dD, 0), mask=c_mask)
+        tl.store(dbias_ptr + part, tl.sum(dbias, 0), mask=c_mask)
