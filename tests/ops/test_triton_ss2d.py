@@ -166,7 +166,7 @@ def test_custom_ops_pass_opcheck_and_compile_to_one_graph():
     fn = lambda *a: triton_ss2d.ss2d_scan_directions(*a, 2, 4).sum(2).square().sum()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")   # fullgraph: no graph break
     loss, ref = compiled(*args), fn(*args)
-    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)   # dB/dC use atomics: equal to rounding
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)   # compiled vs eager: equal to rounding
     torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args), rtol=1e-4, atol=1e-4)
 
 

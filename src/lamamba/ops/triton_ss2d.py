@@ -30,12 +30,12 @@ K = 4  # scan directions
 @dataclass(frozen=True)
 class SS2DLaunchConfig:
     """Tile sizes and launch parameters; replace ``SS2D_LAUNCH`` (``dataclasses.replace``) to re-tune."""
-    block_t: int = 32           # scan steps per tile
+    block_t: int = 16           # scan steps per tile (H200 sweep, docs/PERFORMANCE.md: 16 beat 32 and 64 backward)
     state_lanes: int = 256      # block_d * block_n at most
     max_block_d: int = 32       # channels per program
-    num_warps: int = 4          # forward kernel
-    bwd_num_warps: int = 4      # backward kernel
-    num_stages: int = 1         # > 1: software-pipeline the tile loads of the time loop
+    num_warps: int = 1          # forward kernel: one warp keeps the tile's scan inside the warp (shuffles only)
+    bwd_num_warps: int = 1      # backward kernel
+    num_stages: int = 2         # forward kernel: software-pipeline the tile loads of the time loop
     programs_per_sm: int = 8    # split the length into chunks until the grid has this many programs per SM
     max_chunks: int = 64
 
@@ -83,9 +83,11 @@ class _Plan:
     def scalars(self) -> tuple:
         return (self.H, self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles)
 
-    def meta(self, acc: torch.dtype, warps: int) -> dict:
+    def meta(self, acc: torch.dtype, backward: bool) -> dict:
+        cfg = SS2D_LAUNCH
         return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_T=self.block_t,
-                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, STAGES=SS2D_LAUNCH.num_stages, num_warps=warps)
+                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, STAGES=1 if backward else cfg.num_stages,
+                    num_warps=cfg.bwd_num_warps if backward else cfg.num_warps)
 
     def carry(self, like: Tensor, acc: torch.dtype) -> Tensor:
         """Per-chunk maps: (2, batch, 4, n_chunks, d, N) (products, then states)."""
@@ -140,7 +142,7 @@ def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, d
     carry = plan.carry(x, acc)
     strides = (*_strides(x, delta, B), *ys.stride()[:3])
     args = (x, delta, A, B, C, D, delta_bias, ys, ckpt, carry, *plan.scalars(), *strides)
-    meta = plan.meta(acc, SS2D_LAUNCH.num_warps)
+    meta = plan.meta(acc, backward=False)
     if plan.n_chunks > 1:
         kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=True, STORE_CKPT=False, **meta)
     kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=False, STORE_CKPT=save_states, **meta)
@@ -167,9 +169,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
     ddelta = torch.empty_like(delta)
-    atomic = plan.n_dblocks > 1
-    dB, dC = ((torch.zeros if atomic else torch.empty)((batch, L, K, plan.N), dtype=acc, device=x.device)
-              for _ in range(2))
+    dB, dC = (x.new_empty((plan.n_dblocks, batch, L, K, plan.N), dtype=acc) for _ in range(2))
     parts = (batch * plan.n_chunks, K * d)
     dA, dD, dbias = x.new_empty((*parts, plan.N), dtype=acc), x.new_empty(parts, dtype=acc), \
         x.new_empty(parts, dtype=acc)
@@ -177,11 +177,11 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     strides = (*_strides(x, delta, B), *dys.stride()[:3], *dxs.stride()[:3])
     args = (dys, x, delta, A, B, C, D, delta_bias, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
             *plan.scalars(), *strides)
-    meta = plan.meta(acc, SS2D_LAUNCH.bwd_num_warps)
+    meta = plan.meta(acc, backward=True)
     if plan.n_chunks > 1:
-        kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, ATOMIC_BC=atomic, **meta)
-    kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, ATOMIC_BC=atomic, **meta)
-    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+        kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, **meta)
+    kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, **meta)
+    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
 

@@ -33,8 +33,9 @@ states. With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
     d B_t     = sum_channels g_t delta_t x_t               d C_t = sum_channels dy_t h_t
     d A       = sum_t g_t (h_t - b_t) delta_t              d D   = sum_t dy_t x_t
 
-Sums over time are kept in registers (whole tiles, reduced over rows once at the end) and written once per program (the host sums the partials); sums over
-channels are reduced in the block, then added atomically (fp32) when several channel blocks share a direction.
+Sums over time are kept in registers (whole tiles, reduced over rows once at the end) and written once per
+program; sums over channels are reduced in the block and written per channel block (no atomics, so results are
+deterministic); the host adds the partials.
 """
 from __future__ import annotations
 
@@ -150,13 +151,13 @@ def ss2d_bwd_kernel(
         dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
         H, W, d, N, n_dblocks, chunk_tiles, n_chunks, n_tiles,
         sx_b, sx_l, sd_b, sd_l, sd_k, sB_b, sB_l, sB_k, sB_n, sy_b, sy_l, sy_k, sg_b, sg_l, sg_k,
-        STATE_ONLY: tl.constexpr, ATOMIC_BC: tl.constexpr, ACC: tl.constexpr,
+        STATE_ONLY: tl.constexpr, ACC: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
     """Backward (same grid as the forward). ``dy`` (batch, L, 4, d) with strides ``sy_*`` (a zero direction
     stride reads one gradient for all four). ``STATE_ONLY``: write each chunk's adjoint map (product of the
     decays, adjoint at the chunk's first step from zero) to ``carry``. Otherwise write ``dx`` (batch, L, 4, d),
-    strides ``sg_*``), ``ddelta`` (delta's strides), add ``dB``/``dC`` into fp32 (batch, L, 4, N) buffers, and
-    write the program's partial sums of ``dA`` (batch * n_chunks, 4*d, N), ``dD`` and ``ddelta_bias``."""
+    strides ``sg_*``), ``ddelta`` (delta's strides), the channel block's part of ``dB``/``dC`` (fp32, (channel
+    blocks, batch, L, 4, N), summed by the host), and the program's partial sums of ``dA`` (batch * n_chunks, 4*d, N), ``dD`` and ``ddelta_bias``."""
     pid = tl.program_id(0)
     k = pid % 4
     chunk = pid // 4 // n_dblocks
@@ -191,7 +192,7 @@ def ss2d_bwd_kernel(
     B_base = b * sB_b + k * sB_k + ns[None, :] * sB_n
     dy_base = dy_ptr + b * sy_b + k * sy_k + ch[None, :]
     ckpt_base = ckpt_ptr + (b * 4 + k) * n_tiles * d * N + dn_off
-    dBC_base = (b * L * 4 + k) * N + ns[None, :]                          # contiguous (batch, L, 4, N)
+    dBC_base = ((pid // 4 % n_dblocks * tl.num_programs(1) + b) * L * 4 + k) * N + ns[None, :]   # (blocks, b, L, 4, N)
     for i in tl.range(0, chunk_tiles, num_stages=STAGES):
         tile = chunk * chunk_tiles + chunk_tiles - 1 - i
         s = tile * BLOCK_T + rows
@@ -236,13 +237,8 @@ def ss2d_bwd_kernel(
                      dx.to(dx_ptr.dtype.element_ty), mask=m2)
             dB = tl.sum(gs * (dt * x)[:, :, None], 1)                     # [T, N]: over the block's channels
             dC = tl.sum(hs * dy[:, :, None], 1)
-            dBC = dBC_base + p[:, None] * (4 * N)
-            if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + dBC, dB, mask=mn, sem="relaxed")
-                tl.atomic_add(dC_ptr + dBC, dC, mask=mn, sem="relaxed")
-            else:
-                tl.store(dB_ptr + dBC, dB, mask=mn)
-                tl.store(dC_ptr + dBC, dC, mask=mn)
+            tl.store(dB_ptr + dBC_base + p[:, None] * (4 * N), dB, mask=mn)
+            tl.store(dC_ptr + dBC_base + p[:, None] * (4 * N), dC, mask=mn)
     if STATE_ONLY:
         tl.store(carry_ptr + chunk_base + chunk * d * N, P_acc, mask=dn_mask)
         tl.store(carry_ptr + carry_half + chunk_base + chunk * d * N, g, mask=dn_mask)
