@@ -116,10 +116,10 @@ def test_chunks_along_the_length_and_several_channel_blocks(launch):
 
 @interpreter
 def test_uneven_chunks_leave_no_step_out(launch):
-    launch(block_t=4, programs_per_sm=12)                  # 6 tiles in chunks of 2 tiles
-    plan = triton_ss2d._plan(1, 4, 6, 3, 1, torch.device("cpu"))
-    assert plan.n_chunks * plan.chunk_tiles >= plan.n_tiles and plan.n_chunks > 1
-    check(ss2d_inputs(1, 4, 6, 3, 1), 4, 6, tol=1e-10)
+    launch(block_t=4, programs_per_sm=16)                  # 7 tiles in 4 chunks of 2: the last tile slot is empty
+    plan = triton_ss2d._plan(1, 7, 4, 3, 1, torch.device("cpu"))
+    assert (plan.n_tiles, plan.n_chunks, plan.chunk_tiles) == (7, 4, 2)
+    check(ss2d_inputs(1, 7, 4, 3, 1), 7, 4, tol=1e-10)
 
 
 @interpreter

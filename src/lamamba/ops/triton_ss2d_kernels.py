@@ -219,7 +219,7 @@ def ss2d_bwd_kernel(
             v = tl.load(dt_ptr + dt_base + p[:, None] * sd_l, mask=m2, other=0.0).to(ACC) + bias[None, :]
             dt = tl.where(m2, tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v), 0.0)
             Bt = tl.load(B_ptr + B_base + p[:, None] * sB_l, mask=mn, other=0.0).to(ACC)
-            h0 = tl.load(ckpt_base + tile * d * N, mask=dn_mask, other=0.0)
+            h0 = tl.load(ckpt_base + tile * d * N, mask=dn_mask & (dn_off * 0 + tile < n_tiles), other=0.0)
             bt = (dt * x)[:, :, None] * Bt[:, None, :]
             a_cum, b_cum = tl.associative_scan((tl.exp(dt[:, :, None] * A[None, :, :]), bt), 0, _compose)
             hs = a_cum * h0[None, :, :] + b_cum
