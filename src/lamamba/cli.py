@@ -58,7 +58,7 @@ def run_command(name: str, run, args: argparse.Namespace) -> int:
 
     Bad input (ValueError, FileNotFoundError, NotADirectoryError): ``EXIT_USAGE``. A file system that
     refuses a write (other OSErrors, e.g. disk full, read-only, permission denied): ``EXIT_SYSTEM``.
-    Ctrl-C outside training (which saves and returns its own code): ``EXIT_SIGINT``. Anything else is a bug:
+    Ctrl-C: ``EXIT_SIGINT``; training saves a checkpoint first and reports SIGINT/SIGTERM as 130/143. Anything else is a bug:
     the traceback, then one line, and ``EXIT_INTERNAL``.
     """
     from safetensors import SafetensorError
@@ -70,8 +70,8 @@ def run_command(name: str, run, args: argparse.Namespace) -> int:
     except (OSError, SafetensorError) as e:  # disk full, read-only file system, permission denied
         return _fail(name, f"error: {_os_error(e)}; free some space or choose a writable directory",
                      EXIT_SYSTEM)
-    except KeyboardInterrupt:
-        return _fail(name, "interrupted (Ctrl-C)", EXIT_SIGINT)
+    except KeyboardInterrupt as e:  # training's Interrupted carries its message and 128 + signal
+        return _fail(name, str(e) or "interrupted (Ctrl-C)", getattr(e, "exit_code", EXIT_SIGINT))
     except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so in one line
         traceback.print_exc()
         return _fail(name, f"internal error ({type(e).__name__}): this is a bug, please report it with the "

@@ -3,8 +3,9 @@
 ``StopSignals`` is a context manager around the training loop. The first SIGINT/SIGTERM only records the
 signal: the loop finishes the step in progress, saves a checkpoint of it and raises :class:`Interrupted`,
 which the command line reports as one line with exit code 128 + signal (130 / 143). A second signal changes
-nothing (the checkpoint is on its way); a third gives up at once, without saving. Outside the context the
-previous handlers apply (Python's KeyboardInterrupt for Ctrl-C).
+nothing (the checkpoint is on its way); a third gives up at once, without saving. After the context the
+previous handlers apply again (Python's KeyboardInterrupt for Ctrl-C), unless the run was stopped: then
+further SIGINT/SIGTERM are ignored while the process exits (SIGKILL still ends it).
 """
 from __future__ import annotations
 
@@ -53,5 +54,7 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # after a stop the process is on its way out with 130/143: a late signal must not turn that
+            # into a KeyboardInterrupt traceback, so SIGINT/SIGTERM stay ignored from here on
+            signal.signal(s, handler if self.signum is None else signal.SIG_IGN)
         self._previous.clear()
