@@ -131,8 +131,9 @@ class TrainConfig:
         for name, value in floats:
             if not math.isfinite(value):
                 raise ValueError(f"--{name} must be a finite number, got {value}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"--lr must be > 0 and --weight-decay >= 0, got {self.lr} and {self.weight_decay}")
+        if not 0 < self.lr <= 1e30 or self.weight_decay < 0:  # AdamW's step size must stay a float32
+            raise ValueError(f"--lr must be in (0, 1e30] and --weight-decay >= 0, got {self.lr} and "
+                             f"{self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"--betas must be in [0, 1), got {tuple(self.betas)}")
         if not 0.0 <= self.ema_decay < 1.0:
