@@ -126,7 +126,9 @@ def _compare(args: argparse.Namespace, extractor: FeatureExtractor, metrics: tup
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     metrics = _parse_metrics(args.metrics)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from lamamba.training.distributed import pick_device
+
+    device = str(pick_device(args.device or "auto"))
     common = dict(batch_size=args.batch_size, num_images=args.num_images, progress=sys.stderr.isatty())
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions (cuDNN's default is TF32 on Ampere+)

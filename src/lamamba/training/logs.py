@@ -67,7 +67,8 @@ class RunLogger:
                 self.log.warning("TensorBoard logging is off: install it with `pip install tensorboard` "
                                  "(metrics still go to metrics.jsonl)")
             else:
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb_dir = run_dir / "tensorboard"
+                self._tb = SummaryWriter(str(self._tb_dir))
 
     # -- messages --------------------------------------------------------------------------------
     def info(self, message: str, *args: Any) -> None:
@@ -119,6 +120,11 @@ class RunLogger:
             self.log.info("metrics.jsonl: dropped %d record(s) after step %d (those steps are trained again)",
                           dropped, step)
         self._metrics = open(self._metrics_path, "a", encoding="utf-8")
+        if self._tb is not None:  # TensorBoard hides the events after the step as well
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(str(self._tb_dir), purge_step=step + 1)
 
     # -- progress bar ----------------------------------------------------------------------------
     def progress(self, start: int, total: int) -> None:
