@@ -92,10 +92,13 @@ def test_second_start_is_refused_naming_the_holder_and_a_killed_holder_leaves_no
     assert _last_line(herr).startswith("lamamba train: interrupted by SIGINT at step ")
     saved = list_checkpoints(run / "checkpoints")[-1][0]
 
-    killed = _start(*args, cwd=tmp_path)  # resumes, takes the lock, and dies without any cleanup
+    # a holder killed without any cleanup (here a bare process holding the same flock) leaves no stale lock
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'process %d ' % os.getpid()); time.sleep(600)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")])
     _wait_for(lambda: f"process {killed.pid} " in (run / ".lock").read_text(), killed)
     killed.kill()
-    killed.communicate(timeout=60)
+    killed.wait(timeout=60)
     assert cli.main(["train", *TINY_ARGS, "--device", "cpu", "--run-dir", str(run), "--max-steps",
                      str(saved + 1)]) == 0
     assert list_checkpoints(run / "checkpoints")[-1][0] == saved + 1

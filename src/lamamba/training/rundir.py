@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lamamba.checkpoint import list_checkpoints
-from lamamba.training.checkpoint import clean_unfinished, find_resume_checkpoint
+from lamamba.checkpoint import TRAINING_STATE_FILE, list_checkpoints
+from lamamba.training.checkpoint import STATE_JSON, clean_unfinished, find_resume_checkpoint
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import DistEnv, broadcast_object
 
@@ -149,12 +149,21 @@ def _check_history(run_dir: Path, resume: Path | None) -> None:
 def open_run_directory(config: TrainConfig, env: DistEnv) -> RunDirectory:
     """Decide, create and lock (rank 0) the run directory; every rank gets the same path and resume point."""
     chosen: Any = None
+    failure: BaseException | None = None
     if env.is_main:
-        chosen = _open_on_main(config)
-    path, resume, created = broadcast_object(None if chosen is None else
-                                             (str(chosen.path), chosen.resume and str(chosen.resume),
-                                              chosen.created))
+        try:
+            chosen = _open_on_main(config)
+        except (ValueError, OSError) as error:  # tell the other ranks instead of leaving them waiting
+            failure = error
+    shared = broadcast_object(str(failure) if failure is not None else
+                              None if chosen is None else
+                              (str(chosen.path), chosen.resume and str(chosen.resume), chosen.created))
+    if failure is not None:
+        raise failure
+    if isinstance(shared, str):
+        raise ValueError(f"rank 0 could not open the run directory: {shared}")
     if not env.is_main:
+        path, resume, created = shared
         return RunDirectory(Path(path), resume and Path(resume), created, None)
     return chosen
 
@@ -179,8 +188,10 @@ def _open_on_main(config: TrainConfig) -> RunDirectory:
             if found_ckpts and config.resume == "never":
                 raise ValueError(f"{run_dir} already holds checkpoints; resume it (--resume auto) or choose "
                                  "another --run-dir")
-            if found_ckpts:
-                directory.resume = find_resume_checkpoint(found_ckpts[-1][1])
+            if found_ckpts:  # the newest with a complete training state (an inference-only one is skipped)
+                complete = [p for _, p in found_ckpts if (p / TRAINING_STATE_FILE).is_file()
+                            and (p / STATE_JSON).is_file()]
+                directory.resume = find_resume_checkpoint(complete[-1] if complete else found_ckpts[-1][1])
         _check_history(run_dir, directory.resume)
         (run_dir / "samples").mkdir(exist_ok=True)
         clean_unfinished(run_dir / "checkpoints")  # only under the lock: another run's saves are not ours
