@@ -120,8 +120,9 @@ def load_vae(
     """Load an ``AutoencoderKL`` from a Hugging Face hub id or a local ``save_pretrained`` directory.
 
     The authors run the VAE in float32 (SPEC 7.2); ``subfolder="vae"`` reads the VAE of a full pipeline
-    repository. Raises ``ImportError`` without diffusers and ``FileNotFoundError`` when the weights are
-    neither local nor in the hub cache and cannot be downloaded.
+    repository. Only safetensors weights are loaded (a pickled ``diffusion_pytorch_model.bin`` is refused).
+    Raises ``ImportError`` without diffusers and ``FileNotFoundError`` when the weights are neither local nor
+    in the hub cache and cannot be downloaded.
     """
     try:
         from diffusers import AutoencoderKL
@@ -137,7 +138,7 @@ def load_vae(
     try:
         model = AutoencoderKL.from_pretrained(
             os.path.expanduser(name), subfolder=subfolder, torch_dtype=dtype, local_files_only=local_files_only,
-            **kwargs,
+            use_safetensors=True, **kwargs,  # never a pickled .bin (it could run code)
         )
     except OSError as error:  # diffusers reports missing files and failed downloads as OSError
         raise FileNotFoundError(

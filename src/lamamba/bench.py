@@ -140,13 +140,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="write the JSON results here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with other work)")
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
+    from lamamba.training.distributed import pick_device, set_cpu_threads
+
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+                               ("--warmup", args.warmup, 0), ("--image-size", args.image_size, 1)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    device = pick_device(args.device)
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (CPU fp16 kernels are too slow to time); use bf16 "
+                         "or fp32 on a CPU")
+    set_cpu_threads(args.threads, device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda but no CUDA device is available (use --device cpu)")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     models = args.model or list(DEFAULT_MODELS)

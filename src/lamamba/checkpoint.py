@@ -25,6 +25,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lamamba.io import share_like_umask
+
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "TRAINING_STATE_FILE", "list_checkpoints",
            "load_checkpoint_info", "load_pretrained", "resolve_checkpoint", "save_pretrained", "fsync_file"]
 
@@ -73,7 +75,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, info: dict[s
 def _write_then_rename(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except SafetensorError as error:  # e.g. disk full: an OSError for the command line
+            raise OSError(f"could not write {path} ({error})") from error
+        share_like_umask(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
     finally:
@@ -87,8 +93,8 @@ def _write_then_rename(path: Path, write) -> None:
 def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints in ``checkpoints_dir`` as ``(step, directory)``, oldest first.
 
-    A checkpoint directory is named by its step and holds ``model.safetensors``; unfinished saves live under
-    dot-names and are ignored.
+    A checkpoint directory is named by its step and holds ``model.safetensors``; unfinished saves and
+    checkpoints being deleted live under dot-names and are ignored.
     """
     root = Path(checkpoints_dir)
     if not root.is_dir():

@@ -9,6 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+# Exit codes (README "Exit codes"): distinct, so that scripts and schedulers can tell the cases apart.
+EXIT_OK = 0
+EXIT_DIVERGED = 1        # training stopped on a NaN/inf loss or non-finite weights
+EXIT_USAGE = 2           # bad input: arguments, files, values (argparse uses 2 as well)
+EXIT_SYSTEM = 3          # the file system refused: disk full, read-only or permission denied
+EXIT_INTERNAL = 70       # an unexpected error (a bug): the traceback is printed
+EXIT_SIGINT = 130        # interrupted by SIGINT (Ctrl-C); 128 + signal number, as shells report it
+EXIT_SIGTERM = 143       # interrupted by SIGTERM (e.g. a scheduler's notice before it kills the job)
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,14 +54,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(name: str, run, args: argparse.Namespace) -> int:
-    """``run(args)``, with user errors (ValueError, FileNotFoundError) as one clear line and exit code 2."""
+    """``run(args)``, with every foreseeable failure as one clear line on stderr and a distinct exit code.
+
+    Bad input (ValueError, FileNotFoundError, NotADirectoryError): ``EXIT_USAGE``. A file system that
+    refuses a write (other OSErrors, e.g. disk full, read-only, permission denied): ``EXIT_SYSTEM``.
+    Ctrl-C: ``EXIT_SIGINT``; training saves a checkpoint first and reports SIGINT/SIGTERM as 130/143. Anything else is a bug:
+    the traceback, then one line, and ``EXIT_INTERNAL``.
+    """
+    from safetensors import SafetensorError
+
     try:
         result = run(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"lamamba {name}: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        return _fail(name, f"error: {e}", EXIT_USAGE)
+    except (OSError, SafetensorError) as e:  # disk full, read-only file system, permission denied
+        return _fail(name, f"error: {_os_error(e)}; free some space or choose a writable directory",
+                     EXIT_SYSTEM)
+    except KeyboardInterrupt as e:  # training's Interrupted carries its message and 128 + signal
+        return _fail(name, str(e) or "interrupted (Ctrl-C)", getattr(e, "exit_code", EXIT_SIGINT))
+    except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, say so in one line
+        traceback.print_exc()
+        return _fail(name, f"internal error ({type(e).__name__}): this is a bug, please report it with the "
+                           "traceback above", EXIT_INTERNAL)
     return int(result or 0)
 
+
+def _os_error(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror}{where}"
+    return str(e) or type(e).__name__
+
+
+def _fail(name: str, message: str, code: int) -> int:
+    print(f"lamamba {name}: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,6 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.d_state is not None and (args.d_state < 1 or not args.model):
+        raise ValueError(f"--d-state must be a positive integer and goes with --model NAME, got {args.d_state}")
+    if any(r < 1 for r in args.image_size or []):
+        raise ValueError(f"--image-size must be positive, got {args.image_size}")
     if args.model:
         overrides = {} if args.d_state is None else {"d_state": args.d_state}
         rows = [(m, r, overrides if m.startswith("LaMamba") else {})

@@ -249,10 +249,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clamp the predicted clean image to [-1, 1] at every step (ADM does for pixel-space "
                              "models; default: off, as the paper's latent models)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with other work)")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject impossible flags before anything is loaded or written."""
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--grid-max", args.grid_max, 0),
+                               ("--steps", args.steps, 1), ("--seed", args.seed, 0),
+                               ("--num-samples", args.num_samples, 1), ("--guided-channels", args.guided_channels, 1),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
+        raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
+    _parse_labels(args.labels)
+
+
+def _parse_labels(text: str | None) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError:
+        raise ValueError(f"--labels expects comma-separated class indices such as 0,1,2, got {text!r}") from None
 
 
 def _labels(args: argparse.Namespace, num_classes: int) -> tuple[int, Tensor | None]:
-    given = [int(v) for v in args.labels.split(",") if v.strip()] if args.labels else []
+    given = _parse_labels(args.labels)
     n = args.num_samples if args.num_samples is not None else (len(given) or 16)
     if n < 1:
         raise ValueError(f"--num-samples must be positive, got {n}")
@@ -288,12 +310,13 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.training.distributed import barrier, init_distributed, shutdown_distributed
+    from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
-    if args.batch_size < 1 or args.grid_max < 0:
-        raise ValueError("--batch-size must be positive and --grid-max >= 0")
+    _check_args(args)
     env = init_distributed(args.device)
+    shard_dir = None
     try:
+        set_cpu_threads(args.threads, env.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         if env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -306,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)
+        created = not out.exists()
         shard_dir = out / ".shards"
         if env.is_main:
             shutil.rmtree(shard_dir, ignore_errors=True)
@@ -343,12 +367,15 @@ def run(args: argparse.Namespace) -> int:
                 save_grid(first, out / "grid.png")
             if args.npz:
                 write_npz(out / "samples.npz", shards, None if labels is None else labels.numpy())
-            shutil.rmtree(shard_dir, ignore_errors=True)
             written = ["grid.png"] * bool(len(first)) + ["samples.npz"] * args.npz + ["images/"] * args.save_images
             print(f"{n} samples ({args.sampler}, {steps} steps, cfg {args.cfg_scale:g}) -> {out}: "
                   f"{', '.join(written) or 'nothing (use --grid-max, --npz or --save-images)'}")
         barrier()
     finally:
+        if shard_dir is not None and env.is_main:  # also after a failure: no half-written shards left behind
+            shutil.rmtree(shard_dir, ignore_errors=True)
+            if created and not any(shard_dir.parent.iterdir()):
+                shard_dir.parent.rmdir()
         shutdown_distributed()
     return 0
 

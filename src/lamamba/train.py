@@ -12,16 +12,16 @@ CPU, a few minutes) and writes sample grids to ``results/<NNN>-<model>/samples/`
 
 A run directory holds ``run_config.json`` (everything resolved, written before training), ``log.txt``,
 ``metrics.jsonl``, ``samples/`` and ``checkpoints/<step>/``; giving the same ``--run-dir`` again resumes from its
-newest checkpoint.
+newest checkpoint, and so does the same command without ``--run-dir`` after an interrupted run (see
+``training/rundir.py``). SIGINT/SIGTERM save a checkpoint of the current step and exit with 130/143.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import re
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["add_arguments", "run", "main"]
@@ -34,7 +34,7 @@ def _model_arg(text: str) -> tuple[str, Any]:
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
-        return key, value
+        return key, value  # a bare word: the string itself (e.g. attention=none)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("preset and data")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="default settings: digits (CPU demo), fashion-mnist, paper (default: the built-in "
-                        "dataset's own preset, else paper)")
+                   help="default settings: digits (CPU demo), fashion-mnist, paper, small (the demo's network "
+                        "for any data) (default: the built-in dataset's own preset, else paper on a GPU and "
+                        "small on a CPU)")
     g.add_argument("--data", default=None, help="'digits' (default), 'fashion-mnist', an image folder or a "
                                                 "latent directory from `lamamba extract-latents`")
     g.add_argument("--image-size", type=int, default=None, help="pixel side (default: the dataset's; paper: 256)")
     g.add_argument("--vae", default=None, help="train in this VAE's latent space, encoding on the fly "
                                                "(hub id or local directory; needs `pip install lamamba[vae]`)")
     g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per process (default: 0)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: OMP_NUM_THREADS, else the cores not busy with other "
+                        "work; torch's all-cores default is 15x slower on a loaded laptop)")
 
     g = parser.add_argument_group("model and diffusion")
     g.add_argument("--model", default=None, help="registered model name, e.g. LaMamba-Diff-XL or DiT-XL/2")
@@ -83,10 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("run directory, logging and checkpoints")
     g.add_argument("--results-dir", default=None, help="parent of numbered run directories (default: results)")
-    g.add_argument("--run-dir", default=None, help="use this run directory (resumes it if it has checkpoints)")
+    g.add_argument("--run-dir", default=None, help="use this run directory (resumes it if it has checkpoints; "
+                                                   "one process at a time)")
     g.add_argument("--resume", default=None, metavar="auto|never|PATH",
-                   help="auto: continue from the run directory's newest checkpoint if any (default); never; "
-                        "or a run/checkpoint directory to continue from")
+                   help="auto: continue from the run directory's newest checkpoint if any; without --run-dir, "
+                        "the newest unfinished run of the same configuration (default); never: a new run; or a "
+                        "run/checkpoint directory to continue from")
     g.add_argument("--log-every", type=int, default=None, help="log metrics every N steps")
     g.add_argument("--ckpt-every", type=int, default=None, help="save a checkpoint every N steps (and at the end)")
     g.add_argument("--keep-last", type=int, default=None, help="keep the newest K checkpoints, 0 = all (default: 3)")
@@ -114,69 +120,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The resolved :class:`TrainConfig` of parsed ``lamamba train`` arguments."""
+    import torch
+
     from lamamba.training.config import TrainConfig, resolve_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if overrides.get("model_args") is not None:
         overrides["model_args"] = dict(overrides["model_args"])
-    return resolve_config(overrides)
-
-
-def _run_name(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model)
-
-
-def prepare_run(config, env) -> tuple[Path, Path | None]:
-    """The run directory (rank 0 decides, everyone agrees) and the checkpoint to resume from, if any."""
-    from lamamba.checkpoint import list_checkpoints
-    from lamamba.training.checkpoint import clean_unfinished, find_resume_checkpoint
-    from lamamba.training.distributed import broadcast_object
-
-    resume: Path | None = None
-    if config.resume not in ("auto", "never"):
-        resume = find_resume_checkpoint(config.resume)
-        run_dir = Path(config.run_dir) if config.run_dir else resume.parent.parent
-    elif config.run_dir:
-        run_dir = Path(config.run_dir)
-        found = list_checkpoints(run_dir / "checkpoints")
-        if found and config.resume == "never":
-            raise ValueError(f"{run_dir} already holds checkpoints; resume it (--resume auto) or choose another "
-                             "--run-dir")
-        if found:
-            resume = find_resume_checkpoint(found[-1][1])
-    else:
-        run_dir = None
-        if env.is_main:
-            results = Path(config.results_dir)
-            taken = [int(p.name.split("-", 1)[0]) for p in results.glob("[0-9][0-9][0-9]*-*") if p.is_dir()
-                     and p.name.split("-", 1)[0].isdigit()] if results.is_dir() else []
-            run_dir = results / f"{max(taken, default=-1) + 1:03d}-{_run_name(config.model)}"
-        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
-    if env.is_main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        clean_unfinished(run_dir / "checkpoints")
-    return run_dir, resume
+    device = overrides.get("device") or "auto"
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return resolve_config(overrides, on_cpu=on_cpu)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as configured by ``args``; returns 0, or 1 if training diverged (NaN/inf loss)."""
+    """Train as configured by ``args``; returns 0, or 1 if training diverged (NaN/inf loss or weights).
+
+    SIGINT/SIGTERM raise ``Interrupted`` (exit 130/143 through ``lamamba.cli.run_command``) after a checkpoint.
+    """
     import torch
 
-    from lamamba.training.distributed import barrier, init_distributed, shutdown_distributed
+    from lamamba.cli import EXIT_DIVERGED
+    from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
     from lamamba.training.logs import RunLogger
     from lamamba.training.loop import Trainer, TrainingDiverged
+    from lamamba.training.rundir import open_run_directory
 
     config = config_from_args(args)
     env = init_distributed(config.device)
+    directory = None
     try:
+        threads = set_cpu_threads(config.threads, env.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         if env.device.type == "cuda":  # TF32 matmuls/convolutions, as the authors (never set at import)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        run_dir, resume = prepare_run(config, env)
+        directory = open_run_directory(config, env)
+        run_dir = directory.path
         barrier()
         with RunLogger(run_dir, is_main=env.is_main, tensorboard=config.tensorboard) as log:
-            trainer = Trainer(config, env, run_dir, log, resume_from=resume)
+            if directory.resume is not None and not config.run_dir and config.resume == "auto":
+                log.info("resuming %s: an unfinished run of the same configuration (--resume never starts a "
+                         "new one)", run_dir)
+            trainer = Trainer(config, env, run_dir, log, resume_from=directory.resume)
             if config.eval_every:
                 from lamamba.training.evaluation import SampleQualityCallback
 
@@ -185,19 +170,22 @@ def run(args: argparse.Namespace) -> int:
             if env.is_main:
                 (run_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
             log.info("run directory %s (preset %s)", run_dir, config.preset)
-            log.info("%s: %.2f M parameters, %s, %d process(es) on %s, %s%s, batch %d per process x %d "
+            log.info("%s: %.2f M parameters, %s, %d process(es) on %s%s, %s%s, batch %d per process x %d "
                      "accumulation", config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"],
-                     env.world_size, env.device, trainer.precision, ", compiled" if trainer.compiled else "",
-                     trainer.per_rank_batch, config.grad_accum)
+                     env.world_size, env.device, f" ({threads} threads)" if threads else "", trainer.precision,
+                     ", compiled" if trainer.compiled else "", trainer.per_rank_batch, config.grad_accum)
+            directory.started = True
             try:
                 trainer.fit()
             except TrainingDiverged as error:
                 log.error("%s", error)
                 if not env.is_main:
                     print(f"rank {env.rank}: {error}", file=sys.stderr)
-                return 1
+                return EXIT_DIVERGED
             log.info("done: %d steps; newest checkpoint %s", trainer.step, trainer.last_checkpoint)
     finally:
+        if directory is not None:
+            directory.close()
         shutdown_distributed()
     return 0
 

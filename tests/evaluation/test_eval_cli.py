@@ -166,3 +166,34 @@ def test_adm_statistics_are_ignored_for_another_network(tmp_path):
     assert "statistics ignored" in report["reference"]["origin"]
     assert report["metrics"]["fid"]["features"] == "pixels pool (16-d)"
     assert abs(report["metrics"]["fid"]["value"]) < 1e-9
+
+
+def test_two_statistics_files_need_no_feature_network(tmp_path, monkeypatch, capsys):
+    from lamamba.evaluation import features
+    from lamamba.evaluation.inputs import FeatureStats, save_stats
+    from lamamba.evaluation.metrics import GaussianStats
+
+    rng = np.random.default_rng(0)
+    for name in ("ref", "samples"):
+        f = rng.normal(size=(64, 4))
+        stats = FeatureStats(network=features.feature_network_name("inception"), num_images=64, origin=name,
+                             pool=GaussianStats.from_features(f), network_info={"name": "inception"})
+        save_stats(tmp_path / f"{name}.npz", stats)
+
+    def offline(*args, **kwargs):
+        raise AssertionError("the feature network was loaded")
+    monkeypatch.setattr(features, "load_feature_extractor", offline)
+    assert _run([str(tmp_path / "ref.npz"), str(tmp_path / "samples.npz"), "--metrics", "fid",
+                 "--no-download"]) == 0
+    assert "FID" in capsys.readouterr().out
+
+
+def test_few_sample_warning_is_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", arr_0=_images(0, (20, 8, 8)))
+    np.savez(tmp_path / "b.npz", arr_0=_images(1, (20, 8, 8)))
+    assert _run([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--features", "pixels", "--metrics",
+                 "fid"]) == 0
+    err = capsys.readouterr().err
+    warning_lines = [line for line in err.splitlines() if "warning" in line]
+    assert warning_lines and all(line.startswith("lamamba evaluate: warning: ") for line in warning_lines)
+    assert "warnings.warn(" not in err

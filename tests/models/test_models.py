@@ -252,3 +252,16 @@ def test_model_config_is_resolved_and_json_ready():
     cfg = model_config("LaMamba-Diff-XL", image_size=512)
     d = json.loads(json.dumps(cfg.to_dict()))
     assert d["input_size"] == 64 and d["extra"]["name"] == "LaMamba-Diff-XL" and d["cond_dim"] == 1280
+
+
+def test_decoder_depths_follow_the_released_rule():
+    from lamamba.models import model_config
+
+    def decoder(depths):
+        return model_config("LaMamba-Diff-S", depths=depths).resolved_decoder_depths()
+    assert decoder((2, 2, 2, 0)) == (0, 3, 3, 3)   # an empty deepest stage keeps an empty decoder stage
+    assert decoder((2, 0, 2, 0)) == (0, 3, 1, 3)   # an empty stage elsewhere gets one block (SPEC 5.1)
+    assert decoder((2, 2, 2, 2)) == (3, 3, 3, 3)
+    model = lamamba.create_model("LaMamba-Diff-S", image_size=16, latent_downsample=1, in_channels=1, num_classes=0,
+                                 embed_dim=8, cond_dim=16, num_heads=2, window_size=4, depths=(1, 0, 1, 0))
+    assert [len(stage.blocks) for stage in model.layers_up] == [0, 2, 1, 2]

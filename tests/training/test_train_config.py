@@ -24,11 +24,20 @@ def test_no_arguments_is_the_digits_demo():
 
 
 def test_paper_preset_is_the_paper_recipe():
-    config = _config("--data", "/some/folder")
+    config = resolve_config({"data": "/some/folder"}, on_cpu=False)  # the default for own data on a GPU
     assert config.preset == "paper" and config.model == "LaMamba-Diff-XL" and config.model_args == {}
     assert (config.lr, config.weight_decay, config.betas) == (1e-4, 0.0, (0.9, 0.999))
     assert (config.global_batch_size, config.ema_decay, config.ema_warmup) == (256, 0.9999, False)
     assert config.grad_clip is None and config.lr_warmup == 0
+
+
+def test_own_data_on_a_cpu_defaults_to_the_small_recipe():
+    config = resolve_config({"data": "/some/folder"}, on_cpu=True)
+    assert config.preset == "small" and config.model_args == DIGITS_DEMO_MODEL
+    assert _config("--data", "/some/folder", "--device", "cpu").preset == "small"
+    assert _config("--data", "/some/folder", "--device", "cpu", "--preset", "paper").model == "LaMamba-Diff-XL"
+    with pytest.raises(ValueError, match="needs --data"):
+        _config("--preset", "small")
 
 
 def test_flags_override_the_preset():
@@ -47,7 +56,7 @@ def test_invalid_settings_are_value_errors():
         _config("--ema-decay", "1.0")
     with pytest.raises(ValueError, match="not divisible"):
         TrainConfig(global_batch_size=10).per_rank_batch(4)
-    assert set(PRESETS) == {"digits", "fashion-mnist", "paper"}
+    assert set(PRESETS) == {"digits", "fashion-mnist", "paper", "small"}
 
 
 @pytest.mark.skipif(not os.path.isdir(os.environ.get(FASHION_MNIST_ENV, FASHION_MNIST_DIR)),

@@ -8,6 +8,11 @@ exactly at the next unseen batch. The authors' code restarts the epoch on resume
 
 The position is stored as samples consumed by all ranks together, so a run may resume on a different
 number of ranks: the remaining samples are the same, up to rounding when the count does not divide evenly.
+
+Random augmentation (flips, latent posterior noise) draws from torch's generator, which the loader seeds
+for every item from ``(seed, epoch, position of the item in the epoch's permutation)``. An item's
+augmentation therefore depends neither on the number of data-loader workers nor on the number of ranks, and
+a resume mid-epoch reproduces it exactly (with workers, a per-worker stream would restart at the resume).
 """
 from __future__ import annotations
 
@@ -17,7 +22,32 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["ResumableLoader", "ResumableSampler", "build_dataloader"]
+__all__ = ["ResumableLoader", "ResumableSampler", "build_dataloader", "item_seed"]
+
+
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the item at ``position`` of ``epoch``'s permutation."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + position) % 2**63
+
+
+class _SeededItems(Dataset):
+    """``dataset[(index, seed)]``: ``dataset[index]`` drawn under torch's CPU generator seeded with ``seed``.
+
+    The caller's generator state is restored afterwards, so the training process's own stream (label
+    dropout, ...) is unaffected when items are loaded in the main process.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class ResumableSampler(Sampler[int]):
@@ -87,8 +117,8 @@ class ResumableLoader:
 
     ``for x, y in loader`` yields the remainder of the epoch and then moves to the next one, so the usual
     ``for epoch ...: for batch in loader`` loop works. A batch counts as consumed once it is handed out, so
-    ``state_dict()`` saved after training on it resumes with the next one. Worker random streams (flips,
-    latent noise) derive from ``(seed, rank, epoch)``.
+    ``state_dict()`` saved after training on it resumes with the next one. Each item's random augmentation
+    is seeded by its place in the epoch (:func:`item_seed`), whichever worker loads it.
     """
 
     def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, **loader_kwargs: Any) -> None:
@@ -109,8 +139,11 @@ class ResumableLoader:
         s = self.sampler
         epoch = s.epoch
         generator = torch.Generator().manual_seed(((s.seed * 1_000_003 + s.rank) * 1_000_003 + epoch) % 2**63)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=s, generator=generator,
-                            **self.loader_kwargs)
+        # rank r's k-th item of the epoch sits at position k * W + r of the epoch's permutation
+        keys = [(index, item_seed(s.seed, epoch, (k * s.world_size + s.rank)))
+                for k, index in enumerate(s.epoch_indices()[s.index:], start=s.index)]
+        loader = DataLoader(_SeededItems(self.dataset), batch_size=self.batch_size, sampler=keys,
+                            generator=generator, **self.loader_kwargs)
         remaining = len(s)
         for batch in loader:
             taken = min(self.batch_size, remaining)

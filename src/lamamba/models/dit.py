@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
-                                   check_input, dit_init, modulate, sincos_pos_embed_2d)
+                                   check_fields, check_input, dit_init, modulate, sincos_pos_embed_2d)
 
 
 @dataclass
@@ -30,6 +30,21 @@ class DiTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """One clear ValueError for any value the model cannot be built with."""
+        check_fields("DiT", positive=dict(hidden_size=self.hidden_size, depth=self.depth, num_heads=self.num_heads,
+                                          patch_size=self.patch_size, input_size=self.input_size,
+                                          in_channels=self.in_channels),
+                     non_negative=dict(num_classes=self.num_classes), positive_real=dict(mlp_ratio=self.mlp_ratio),
+                     probability=dict(class_dropout_prob=self.class_dropout_prob))
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input size {self.input_size} is not divisible by the patch size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % 4:
+            raise ValueError(f"DiT: hidden_size must be a multiple of 4 (sin-cos positional embedding), got "
+                             f"{self.hidden_size}")
 
 
 class Attention(nn.Module):
@@ -83,11 +98,8 @@ class DiT(ClassifierFreeGuidanceMixin, nn.Module):
 
     def __init__(self, config: DiTConfig):
         super().__init__()
+        config.validate()
         self.config = cfg = config
-        if cfg.input_size % cfg.patch_size:
-            raise ValueError(f"input size {cfg.input_size} is not divisible by the patch size {cfg.patch_size}")
-        if cfg.hidden_size % cfg.num_heads:
-            raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
         self.in_channels, self.num_classes = cfg.in_channels, cfg.num_classes
         self.out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
         self.grid = cfg.input_size // cfg.patch_size

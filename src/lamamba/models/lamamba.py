@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
-                                   check_input, dit_init, modulate, sincos_pos_embed_2d)
+                                   check_fields, check_input, dit_init, modulate, sincos_pos_embed_2d)
 from lamamba.ops.scan_paths import NUM_PATHS
 from lamamba.ops.ss2d_scan import ss2d_selective_scan
 from lamamba.ops.window_attention import window_attention
@@ -28,7 +28,8 @@ class LaMambaConfig:
 
     embed_dim: int = 96                        # D0, width of the first stage; stage widths double at merges
     depths: tuple[int, ...] = (2, 2, 2, 0)     # encoder blocks per stage (a 0 stage is an identity)
-    decoder_depths: tuple[int, ...] | None = None  # decoder blocks per stage, deepest first; None: SD rule (+1)
+    decoder_depths: tuple[int, ...] | None = None  # decoder blocks per stage, deepest first; None: SD rule
+                                                   # (encoder depth + 1; 0 for an empty deepest stage, SPEC 5.1)
     bottleneck_depth: int = 1
     cond_dim: int = 192                        # width of the timestep + class embedding
     num_heads: int = 6                         # attention heads, the same count in every stage
@@ -54,7 +55,43 @@ class LaMambaConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def resolved_decoder_depths(self) -> tuple[int, ...]:
+        """``decoder_depths``, or the released code's rule: reversed encoder depths + 1, except that an empty
+        deepest encoder stage keeps an empty first decoder stage (S/B: (2, 2, 2, 0) -> (0, 3, 3, 3))."""
+        if self.decoder_depths is not None:
+            return tuple(self.decoder_depths)
+        rule = [d + 1 for d in reversed(self.depths)]
+        if self.depths[-1] == 0:
+            rule[0] = 0
+        return tuple(rule)
+
     def validate(self) -> None:
+        """One clear ValueError for any value the model cannot be built with."""
+        check_fields("LaMamba-Diff", positive=dict(
+            embed_dim=self.embed_dim, cond_dim=self.cond_dim, num_heads=self.num_heads, d_state=self.d_state,
+            window_size=self.window_size, patch_size=self.patch_size, isotropic_depth=self.isotropic_depth,
+            input_size=self.input_size, in_channels=self.in_channels),
+            non_negative=dict(bottleneck_depth=self.bottleneck_depth, num_downsamples=self.num_downsamples,
+                              num_classes=self.num_classes),
+            positive_real=dict(ssm_ratio=self.ssm_ratio, mlp_ratio=self.mlp_ratio),
+            probability=dict(class_dropout_prob=self.class_dropout_prob))
+        for name in ("depths", "decoder_depths"):
+            value = getattr(self, name)
+            if name == "decoder_depths" and value is None:
+                continue
+            if not isinstance(value, (tuple, list)) or not value or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+                raise ValueError(f"LaMamba-Diff: {name} must be a list of block counts >= 0, one per stage, "
+                                 f"e.g. [2,2,2,0]; got {value!r}")
+        if self.decoder_depths is not None and len(self.decoder_depths) != len(self.depths):
+            raise ValueError(f"LaMamba-Diff: decoder_depths needs {len(self.depths)} entries (deepest first), got "
+                             f"{self.decoder_depths!r}")
+        if int(self.ssm_ratio * self.embed_dim) < 1 or int(self.mlp_ratio * self.embed_dim) < 1:
+            raise ValueError(f"LaMamba-Diff: ssm_ratio and mlp_ratio x embed_dim {self.embed_dim} must give a "
+                             "width of at least 1")
+        for name in ("shift", "learn_sigma"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LaMamba-Diff: {name} must be true or false, got {getattr(self, name)!r}")
         if self.layout not in ("unet", "isotropic"):
             raise ValueError(f"layout must be 'unet' or 'isotropic', got {self.layout!r}")
         if self.attention not in ("window", "global", "none"):
@@ -311,9 +348,7 @@ class LaMambaDiff(ClassifierFreeGuidanceMixin, nn.Module):
         for i in range(n - 1):                          # widths double where the map is merged
             dims.append(dims[-1] * 2 if i < cfg.num_downsamples else dims[-1])
         sides = [self.grid // 2 ** min(i, cfg.num_downsamples) for i in range(n)]
-        dec_depths = cfg.decoder_depths or tuple(d + 1 if d > 0 else 0 for d in reversed(cfg.depths))
-        if len(dec_depths) != n:
-            raise ValueError(f"decoder_depths needs {n} entries (deepest first), got {dec_depths}")
+        dec_depths = cfg.resolved_decoder_depths()
         self.dims, self.sides = dims, sides
         self.layers = nn.ModuleList([Stage(cfg.depths[i], dims[i], cfg, False, self._window(sides[i]))
                                      for i in range(n)])

@@ -161,6 +161,29 @@ class ClassifierFreeGuidanceMixin:
         return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
 
 
+def check_fields(model_name: str, *, positive: dict | None = None, non_negative: dict | None = None,
+                 positive_real: dict | None = None, probability: dict | None = None) -> None:
+    """Raise one clear ValueError for the first config value of the wrong type or range.
+
+    Each argument maps field names to values: ``positive`` / ``non_negative`` integers, ``positive_real``
+    finite numbers > 0, ``probability`` numbers in [0, 1].
+    """
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_real(v) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+    checks = [(positive, lambda v: is_int(v) and v >= 1, "a positive integer"),
+              (non_negative, lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+              (positive_real, lambda v: is_real(v) and v > 0, "a finite number > 0"),
+              (probability, lambda v: is_real(v) and 0 <= v <= 1, "a probability in [0, 1]")]
+    for fields, ok, what in checks:
+        for name, value in (fields or {}).items():
+            if not ok(value):
+                raise ValueError(f"{model_name}: {name} must be {what}, got {value!r}")
+
+
 def check_input(x: Tensor, t: Tensor, y: Tensor | None, in_channels: int, latent_size: tuple[int, int],
                 num_classes: int, model_name: str) -> None:
     """Raise a clear ValueError for inputs the model cannot take (no device sync)."""
@@ -176,3 +199,8 @@ def check_input(x: Tensor, t: Tensor, y: Tensor | None, in_channels: int, latent
         raise ValueError(f"{model_name}: t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
     if num_classes > 0 and (y is None or y.shape != (x.shape[0],)):
         raise ValueError(f"{model_name}: class-conditional model needs labels y of shape ({x.shape[0]},)")
+    # eager CPU only: on GPUs the check would cost a sync, in a compiled graph a graph break
+    if y is not None and num_classes > 0 and y.device.type == "cpu" and len(y) and \
+            not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(f"{model_name}: labels must be in [0, {num_classes}] ({num_classes} = the null class of "
+                         f"guidance), got {y.min().item()}..{y.max().item()}")

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from lamamba.models.dit import DiT, DiTConfig
 from lamamba.models.lamamba import LaMambaConfig, LaMambaDiff
+from lamamba.models.layers import check_fields
 
 # name -> (model class, config class, preset)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], type, dict[str, Any]]] = {}
@@ -55,11 +56,11 @@ def model_config(name: str, *, image_size: int = 256, num_classes: int = 1000, i
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(_REGISTRY)}")
+    check_fields(name, positive=dict(image_size=image_size, latent_downsample=latent_downsample,
+                                     in_channels=in_channels), non_negative=dict(num_classes=num_classes))
     if image_size % latent_downsample:
         raise ValueError(f"image_size {image_size} is not divisible by the autoencoder's downsampling "
                          f"factor {latent_downsample}")
-    if num_classes < 0 or in_channels < 1:
-        raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
     _, config_cls, preset = _REGISTRY[name]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(overrides) - fields
@@ -72,7 +73,9 @@ def model_config(name: str, *, image_size: int = 256, num_classes: int = 1000, i
             values[key] = tuple(values[key])
     values["extra"] = dict(values.get("extra") or {}, name=name, image_size=image_size,
                            latent_downsample=latent_downsample)
-    return config_cls(**values)
+    config = config_cls(**values)
+    config.validate()
+    return config
 
 
 def create_model(name: str, *, image_size: int = 256, num_classes: int = 1000, in_channels: int = 4,

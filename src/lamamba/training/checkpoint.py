@@ -10,7 +10,9 @@ A checkpoint is one directory ``checkpoints/<step:07d>/`` with
 
 The directory is assembled under a dot-name, every file flushed with ``fsync``, and then renamed into place
 with ``os.replace``: a crash at any point leaves either the complete new checkpoint or none, and the
-previous ones untouched. Only the newest ``keep_last`` are kept.
+previous ones untouched. Only the newest ``keep_last`` are kept: the one just written and the ones before it
+(never a later step; a checkpoint is renamed to a dot-name before it is deleted, so no reader ever sees a
+half-deleted one). Files get the umask's permissions (``lamamba.io.share_like_umask``), not safetensors' 0600.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from safetensors.torch import save_file
 
 from lamamba.checkpoint import (TRAINING_STATE_FILE, fsync_file, list_checkpoints, resolve_checkpoint,
                                 save_pretrained)
+from lamamba.io import share_like_umask
 
 __all__ = ["STATE_JSON", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
            "find_resume_checkpoint", "clean_unfinished"]
@@ -96,7 +99,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def clean_unfinished(checkpoints_dir: str | os.PathLike) -> None:
-    """Remove the leftovers of interrupted saves (dot-named directories)."""
+    """Remove the leftovers of interrupted saves and deletions (dot-named directories)."""
     root = Path(checkpoints_dir)
     if root.is_dir():
         for p in root.glob(".tmp-*"):
@@ -138,7 +141,11 @@ def save_checkpoint(
             if rng["cuda"] is not None:
                 tensors[f"rng.{rank}.cuda"] = rng["cuda"]
             rng_meta.append({"numpy": rng["numpy"], "python": rng["python"]})
-        save_file(tensors, str(tmp / TRAINING_STATE_FILE))
+        try:
+            save_file(tensors, str(tmp / TRAINING_STATE_FILE))
+        except SafetensorError as error:  # e.g. disk full: an OSError for the command line
+            raise OSError(f"could not write checkpoint {final} ({error})") from error
+        share_like_umask(tmp / TRAINING_STATE_FILE)
         fsync_file(tmp / TRAINING_STATE_FILE)
         full_meta = {"format": STATE_FORMAT, **meta, "step": step, "optimizer": opt_meta, "rng": rng_meta}
         (tmp / STATE_JSON).write_text(json.dumps(full_meta, indent=2) + "\n")
@@ -156,9 +163,20 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep_last > 0:
-        for _, stale in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(stale, ignore_errors=True)
+        older = [p for s, p in list_checkpoints(root) if s < step]
+        for stale in older[:max(0, len(older) - (keep_last - 1))]:
+            _delete(stale)
     return final
+
+
+def _delete(checkpoint: Path) -> None:
+    """Rename to a dot-name first (atomic), then delete: readers see the whole checkpoint or none of it."""
+    gone = checkpoint.with_name(f".tmp-del-{checkpoint.name}-{os.getpid()}")
+    try:
+        os.replace(checkpoint, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,7 +186,7 @@ def save_checkpoint(
 def find_resume_checkpoint(path: str | os.PathLike) -> Path:
     """The newest full training checkpoint designated by ``path`` (run, checkpoints or checkpoint dir)."""
     resolved = resolve_checkpoint(path)
-    if resolved.is_file() or not (resolved / TRAINING_STATE_FILE).is_file():
+    if resolved.is_file() or not all((resolved / f).is_file() for f in (TRAINING_STATE_FILE, STATE_JSON)):
         raise ValueError(f"{resolved} holds inference weights only; resuming needs a full training checkpoint "
                          f"(a checkpoints/<step>/ directory with {TRAINING_STATE_FILE})")
     return resolved

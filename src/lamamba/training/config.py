@@ -3,16 +3,20 @@
 A preset gives every default; flags given on the command line override it. ``paper`` is the recipe of the
 paper (section 5.1) and SPEC section 7: AdamW, learning rate 1e-4, no weight decay, betas (0.9, 0.999),
 global batch 256, EMA 0.9999 from the first step, constant learning rate, no gradient clipping, bf16 autocast
-on GPUs (the authors: fp32 + TF32). ``digits`` is the built-in CPU demo; ``fashion-mnist`` a small GPU run.
+on GPUs (the authors: fp32 + TF32). ``digits`` is the built-in CPU demo; ``fashion-mnist`` a small GPU run;
+``small`` the demo's network and recipe for any data, the default for image folders and latents on a CPU
+(where the paper's 650M-parameter XL would take minutes per step).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["TrainConfig", "PRESETS", "DIGITS_DEMO_MODEL", "default_preset", "resolve_config"]
+
 
 # The built-in demo's network: LaMamba-Diff at width 32 with 2x2 patches, so that the 16x16 digits become an
 # 8x8 token map (one token per pixel of the original 8x8 scans; with the default window of 8 each map is a
@@ -22,17 +26,22 @@ __all__ = ["TrainConfig", "PRESETS", "DIGITS_DEMO_MODEL", "default_preset", "res
 DIGITS_DEMO_MODEL: dict[str, Any] = dict(embed_dim=32, cond_dim=64, num_heads=2, depths=(1, 1, 1, 0),
                                          decoder_depths=(0, 1, 1, 1), ssm_ratio=1.0, patch_size=2)
 
+# The small recipe of the CPU demo: a large learning rate and a short, warmed-up EMA because the run is only
+# hundreds of steps long (0.9999 would average over ~10,000 steps and return nearly the initial weights).
+_SMALL: dict[str, Any] = dict(model="LaMamba-Diff-S", model_args=DIGITS_DEMO_MODEL, global_batch_size=64, lr=3e-3,
+                              ema_decay=0.995, ema_warmup=True, max_steps=800, log_every=50, ckpt_every=200,
+                              sample_every=400, sample_num=100, sample_sampler="dpm++2m", sample_steps=25,
+                              sample_cfg=3.0)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # LaMamba-Diff-XL in the SD-VAE latent space (paper section 5.1); image folders need --image-size (256, 512).
     "paper": dict(data=None, model="LaMamba-Diff-XL", global_batch_size=256, lr=1e-4, ema_decay=0.9999,
                   ema_warmup=False, max_steps=400_000, log_every=100, ckpt_every=50_000, sample_every=10_000,
                   sample_num=16, sample_sampler="dpm++2m", sample_steps=20, sample_cfg=4.0),
-    # The CPU demo: class-conditional digits in pixel space in a few minutes on two cores. A large learning
-    # rate and a short, warmed-up EMA because the run is only hundreds of steps long (0.9999 would average
-    # over ~10,000 steps and return nearly the initial weights).
-    "digits": dict(data="digits", model="LaMamba-Diff-S", model_args=DIGITS_DEMO_MODEL, global_batch_size=64,
-                   lr=3e-3, ema_decay=0.995, ema_warmup=True, max_steps=800, log_every=50, ckpt_every=400,
-                   sample_every=400, sample_num=100, sample_sampler="dpm++2m", sample_steps=25, sample_cfg=3.0),
+    # The CPU demo: class-conditional digits in pixel space in a few minutes on two cores.
+    "digits": dict(_SMALL, data="digits"),
+    # The demo's recipe for other data (needs --data; image folders also --image-size).
+    "small": dict(_SMALL, data=None),
     # Fashion-MNIST (28x28 padded to 32x32) in pixel space: a small model for one GPU.
     "fashion-mnist": dict(data="fashion-mnist", image_size=32, model="LaMamba-Diff-S",
                           model_args=dict(embed_dim=64, cond_dim=128, num_heads=4, window_size=4, patch_size=2),
@@ -52,6 +61,7 @@ class TrainConfig:
     image_size: int | None = None         # pixel side (None: the dataset's own size)
     vae: str | None = None                # encode images on the fly with this VAE (latent-space training)
     num_workers: int = 0
+    threads: int | None = None            # CPU threads (None: the idle cores, see distributed.cpu_threads)
     # model
     model: str = "LaMamba-Diff-S"
     model_args: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
@@ -107,8 +117,25 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.lr_warmup < 0 or self.keep_last < 0:
-            raise ValueError("lr must be > 0, and weight-decay, lr-warmup, keep-last >= 0")
+        for name in ("image_size", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("num_workers", "lr_warmup", "keep_last", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        floats = [("lr", self.lr), ("weight-decay", self.weight_decay), ("ema-decay", self.ema_decay),
+                  ("sample-cfg", self.sample_cfg), ("eval-cfg", self.eval_cfg), *(("betas", b) for b in self.betas),
+                  ("grad-clip", 1.0 if self.grad_clip is None else self.grad_clip)]
+        for name, value in floats:
+            if not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value}")
+        if not 0 < self.lr <= 1e30 or self.weight_decay < 0:  # AdamW's step size must stay a float32
+            raise ValueError(f"--lr must be in (0, 1e30] and --weight-decay >= 0, got {self.lr} and "
+                             f"{self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"--betas must be in [0, 1), got {tuple(self.betas)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -117,8 +144,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.sample_num < 0:
             raise ValueError(f"sample-num must be >= 0, got {self.sample_num}")
-        if self.eval_every < 0 or self.eval_samples < 2 or self.eval_steps < 1:
-            raise ValueError("eval-every must be >= 0, eval-samples >= 2 and eval-steps >= 1")
+        if self.eval_samples < 2 or self.eval_steps < 1:
+            raise ValueError("eval-samples must be >= 2 and eval-steps >= 1")
         if self.eval_every and not self.eval_ref:
             raise ValueError("--eval-every needs --eval-ref (statistics from `lamamba evaluate --make-ref`)")
 
@@ -134,15 +161,20 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def default_preset(data: str | None) -> str:
-    """The preset used when none is named: the built-in dataset's own, else the paper's."""
-    return data if data in ("digits", "fashion-mnist") else ("digits" if data is None else "paper")
+def default_preset(data: str | None, on_cpu: bool = False) -> str:
+    """The preset used when none is named: the built-in dataset's own, else the paper's (``small`` on a CPU)."""
+    if data in ("digits", "fashion-mnist") or data is None:
+        return data or "digits"
+    return "small" if on_cpu else "paper"
 
 
-def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """The preset (``overrides["preset"]`` or :func:`default_preset`) updated with every non-None override."""
+def resolve_config(overrides: dict[str, Any], on_cpu: bool = False) -> TrainConfig:
+    """The preset (``overrides["preset"]`` or :func:`default_preset`) updated with every non-None override.
+
+    ``on_cpu``: the run has no GPU, which makes ``small`` the default preset for non-built-in data.
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
-    preset = given.pop("preset", None) or default_preset(given.get("data"))
+    preset = given.pop("preset", None) or default_preset(given.get("data"), on_cpu)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -1,7 +1,8 @@
 """What a run reports: ``log.txt`` (and the console), ``metrics.jsonl``, optional TensorBoard, a progress bar.
 
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per logged step (step, loss, mse, vb, lr, grad
-norm, images/s, seconds since start, ...) and is appended to on resume. TensorBoard is an optional dependency
+norm, images/s, seconds since start, ...) and is appended to on resume, after dropping the records of steps
+past the checkpoint resumed from (they are trained again, so each step appears once). TensorBoard is an optional dependency
 (``pip install tensorboard``): without it a single warning says so and the rest works.
 """
 from __future__ import annotations
@@ -57,7 +58,8 @@ class RunLogger:
             handler.setFormatter(fmt)
             self.log.addHandler(handler)
             self._handlers.append(handler)
-        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._metrics_path = run_dir / "metrics.jsonl"
+        self._metrics = open(self._metrics_path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -65,7 +67,8 @@ class RunLogger:
                 self.log.warning("TensorBoard logging is off: install it with `pip install tensorboard` "
                                  "(metrics still go to metrics.jsonl)")
             else:
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb_dir = run_dir / "tensorboard"
+                self._tb = SummaryWriter(str(self._tb_dir))
 
     # -- messages --------------------------------------------------------------------------------
     def info(self, message: str, *args: Any) -> None:
@@ -93,6 +96,35 @@ class RunLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, step)
+
+    def rewind_metrics(self, step: int) -> None:
+        """Drop the records after ``step`` from metrics.jsonl (atomically), before training resumes at it."""
+        if not self.is_main:
+            return
+        from lamamba.io import atomic_write
+
+        self._metrics.close()
+        kept, dropped = [], 0
+        with open(self._metrics_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    after = json.loads(line).get("step", 0) > step
+                except (ValueError, AttributeError, TypeError):
+                    after = False  # not ours: keep it
+                if after:
+                    dropped += 1
+                else:
+                    kept.append(line)
+        if dropped:
+            atomic_write(self._metrics_path, lambda p: p.write_text("".join(kept), encoding="utf-8"))
+            self.log.info("metrics.jsonl: dropped %d record(s) after step %d (those steps are trained again)",
+                          dropped, step)
+        self._metrics = open(self._metrics_path, "a", encoding="utf-8")
+        if self._tb is not None:  # TensorBoard hides the events after the step as well
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(str(self._tb_dir), purge_step=step + 1)
 
     # -- progress bar ----------------------------------------------------------------------------
     def progress(self, start: int, total: int) -> None:

@@ -7,19 +7,26 @@ One optimizer step (``Trainer.train_step``):
    rank: ``r, r + W, ...``), so the samples, their noise and their timesteps -- hence the loss curve -- are the
    same on any number of ranks; run the loss ``MSE(eps) + L_vb`` (SPEC 7.1) and backpropagate (DDP
    synchronises gradients on the last micro-batch only);
-2. sum loss/mse/vb over ranks and take the gradient norm (one small all-reduce and one host sync per step);
+2. sum loss/mse/vb over ranks and take the gradient norm (one small all-reduce and one host sync per step,
+   which also carries a pending stop request, so that every rank stops after the same step);
    a non-finite loss or norm stops the run *before* the weights change (``TrainingDiverged``);
-3. AdamW step, EMA update.
+3. AdamW step, EMA update. Before a checkpoint is written the weights are checked to be finite, so a
+   checkpoint on disk is always a good one.
+
+On SIGINT/SIGTERM (``training/interrupt.py``) the loop finishes the step in progress, saves a checkpoint of
+it and raises ``Interrupted``.
 
 Periodic work runs through callbacks (``Trainer.add_callback``): checkpoints and sample grids are two of
-them, an in-training FID evaluation would be a third. Label dropout (the model's ``class_dropout_prob``),
-dataset flips and on-the-fly VAE sampling draw from each rank's global generator, which checkpoints save.
+them, an in-training FID evaluation would be a third. Label dropout (the model's ``class_dropout_prob``) and
+on-the-fly VAE sampling draw from each rank's global generator, which checkpoints save; dataset flips and
+latent noise are seeded per item by the loader (``data/loader.py``), so workers do not change them.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +47,7 @@ from lamamba.training.data import build_training_data, forever
 from lamamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from lamamba.training.ema import EMA
 from lamamba.training.grad_checkpoint import enable_gradient_checkpointing
+from lamamba.training.interrupt import Interrupted, StopSignals, signal_name
 from lamamba.training.logs import RunLogger
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged"]
@@ -61,7 +69,7 @@ def resolve_compile(requested: bool | None, device: torch.device, log: RunLogger
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite; the weights were not updated with it."""
+    """The loss, the gradient norm or the weights became NaN or infinite; nothing of it was saved."""
 
 
 @dataclass
@@ -119,6 +127,8 @@ class Trainer:
             Callback("sample grid", config.sample_every, Trainer.save_sample_grid),
         ]
         self.last_checkpoint: Path | None = resume_from
+        self.stop_signals = StopSignals()  # fit() listens to SIGINT/SIGTERM through it
+        self._stop = False
         self._grid_vae: Any = self.data.vae
         self._grid_warned = False
 
@@ -176,6 +186,7 @@ class Trainer:
             group.update(betas=tuple(self.config.betas), weight_decay=self.config.weight_decay)
         self.data.loader.load_state_dict(meta["data"])
         self.step = int(meta["step"])
+        self.log.rewind_metrics(self.step)  # the steps after the checkpoint are trained again
         if len(state["rng"]) == self.env.world_size:
             restore_rng_state(state["rng"][self.env.rank], self.env.device)
         else:
@@ -230,16 +241,18 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
                                                    cfg.grad_clip if cfg.grad_clip is not None else math.inf)
         # gradients are identical on every rank after DDP's all-reduce, so the summed norm / W is that norm
-        stats = all_reduce_sum(torch.cat([sums, grad_norm.double().reshape(1) / self.env.world_size]))
-        loss, mse, vb, norm = stats.tolist()
+        stop = torch.tensor([float(self.stop_signals.signum is not None)], device=dev, dtype=torch.float64)
+        stats = all_reduce_sum(torch.cat([sums, grad_norm.double().reshape(1) / self.env.world_size, stop]))
+        loss, mse, vb, norm, stops = stats.tolist()
+        self._stop = stops > 0
         loss, mse, vb = (v / cfg.global_batch_size for v in (loss, mse, vb))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
-                "no checkpoint was written yet"
+            cause = ("the weights were not updated with it" if self.weights_finite() else
+                     "the previous update had already made the weights non-finite")
             raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {norm}. The weights were "
-                f"not updated with it and {kept}. Lower --lr, set --grad-clip, or use --precision fp32")
+                f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {norm}; {cause}, and "
+                f"{self._kept()}. Lower --lr, set --grad-clip, or use --precision fp32")
         lr = self._lr(self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -249,12 +262,29 @@ class Trainer:
         self.step += 1
         return {"loss": loss, "mse": mse, "vb": vb, "grad_norm": norm, "lr": lr}
 
+    def weights_finite(self) -> bool:
+        """Whether every weight of the trained and the EMA model is finite (one host sync)."""
+        params = [*self.model.parameters(), *self.ema.model.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+    def _kept(self) -> str:
+        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else
+                "no checkpoint was written yet")
+
     # ---------------------------------------------------------------------------------------------
     #                                       The loop
     # ---------------------------------------------------------------------------------------------
 
     def fit(self) -> None:
-        """Train until ``max_steps``, logging every ``log_every`` steps and running the callbacks."""
+        """Train until ``max_steps``, logging every ``log_every`` steps and running the callbacks.
+
+        Raises ``Interrupted`` after saving a checkpoint when SIGINT or SIGTERM arrives, and
+        ``TrainingDiverged`` on a non-finite loss, gradient or weights.
+        """
+        with self.stop_signals:
+            self._fit()
+
+    def _fit(self) -> None:
         cfg = self.config
         batches = forever(self.data.loader)
         self.log.progress(self.step, cfg.max_steps)
@@ -277,6 +307,8 @@ class Trainer:
                               values["loss"], values["mse"], values["vb"], values["grad_norm"],
                               values["images_per_sec"])
                 window, window_steps, window_time = {}, 0, 0.0
+            if self._stop:
+                self._stop_now()
             for callback in self.callbacks:
                 if self.step % callback.every == 0 or (callback.at_end and self.step == cfg.max_steps):
                     callback.fn(self)
@@ -285,8 +317,25 @@ class Trainer:
     #                                 Checkpoints and samples
     # ---------------------------------------------------------------------------------------------
 
+    def _stop_now(self) -> None:
+        """Save the step just finished (all ranks) and raise ``Interrupted``."""
+        saved = self.last_checkpoint is not None and self.last_checkpoint.name == f"{self.step:07d}"
+        if not saved:
+            self.save_checkpoint()
+        signum = self.stop_signals.signum or signal.SIGTERM  # a rank that was not signalled itself
+        raise Interrupted(signum, f"interrupted by {signal_name(signum)} at step {self.step}: saved "
+                                  f"{self.last_checkpoint}; the same command (or --run-dir {self.run_dir}) resumes it")
+
     def save_checkpoint(self) -> Path | None:
-        """Write the full training state of every rank (rank 0 writes; all ranks must call this)."""
+        """Write the full training state of every rank (rank 0 writes; all ranks must call this).
+
+        Non-finite weights (a finite loss can still make them so, e.g. with a huge learning rate) raise
+        ``TrainingDiverged`` instead, so that every checkpoint on disk is a good one.
+        """
+        if not self.weights_finite():
+            raise TrainingDiverged(f"training diverged by step {self.step}: the weights are no longer finite "
+                                   f"although the loss was; nothing was saved and {self._kept()}. Lower --lr, "
+                                   "set --grad-clip, or use --precision fp32")
         rng_states = all_gather_objects(capture_rng_state(self.env.device))
         path = None
         if self.env.is_main:
