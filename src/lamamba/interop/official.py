@@ -53,9 +53,10 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        what = f"an object of type {found.group(1)}" if found else "objects other than tensors and plain data"
-        raise ValueError(f"{path} holds {what}, which would need a full unpickle (allowed: tensors, containers, "
-                         "argparse.Namespace, yacs CfgNode); it is not a checkpoint of the released train.py") from error
+        what = f"references {found.group(1)!r}" if found else "holds objects other than tensors and plain data"
+        raise ValueError(f"{path} {what}, which only a full unpickle could load (allowed: tensors, containers, "
+                         "argparse.Namespace, yacs CfgNode); refusing: it is not a checkpoint of the released "
+                         "train.py") from error
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path} is not a readable torch checkpoint ({error})") from error
     if not isinstance(checkpoint, dict) or not {"model", "ema"} & set(checkpoint):
