@@ -45,12 +45,12 @@ def load_official(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if not hasattr(torch.serialization, "safe_globals"):
-        raise ValueError("convert-official needs torch >= 2.5 (torch.serialization.safe_globals)")
     allowed = [argparse.Namespace, (collections.OrderedDict, "yacs.config.CfgNode")]
     try:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (AttributeError, TypeError) as error:  # no safe_globals, or no (class, name) entries in it
+        raise ValueError(f"convert-official needs torch >= 2.6 (this is {torch.__version__})") from error
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         what = f"references {found.group(1)!r}" if found else "holds objects other than tensors and plain data"
