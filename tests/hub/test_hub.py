@@ -165,3 +165,12 @@ def test_push_uploads_weights_config_card_and_grid(tmp_path, monkeypatch, capsys
 def test_push_refuses_bad_repo_ids(tmp_path, capsys):
     assert cli.main(["push", str(tmp_path), "not a repo"]) == 2
     assert "not a Hub model id" in capsys.readouterr().err
+
+
+def test_missing_huggingface_hub_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    assert cli.main(["push", str(tmp_path), "me/x"]) == 2
+    assert 'pip install "lamamba[hub]"' in capsys.readouterr().err
+    assert cli.main(["sample", "me/x", "--no-progress"]) == 2  # no such local path, and no Hub support
+    assert 'does not exist locally; as a Hub id it needs huggingface_hub: pip install "lamamba[hub]"' in \
+        capsys.readouterr().err

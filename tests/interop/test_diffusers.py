@@ -142,3 +142,13 @@ def test_bad_inputs_give_one_line(exported, tmp_path, capsys):
     assert cli.main(["import-diffusers", str(tmp_path / "other"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "export-diffusers" in err and err.count("\n") == 1
+
+
+def test_missing_diffusers_names_the_extra(exported, tmp_path, monkeypatch, capsys):
+    import sys
+
+    run, _, _ = exported
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    monkeypatch.delitem(sys.modules, "lamamba.interop.diffusers_model", raising=False)
+    assert cli.main(["export-diffusers", str(run), str(tmp_path / "p")]) == 2
+    assert 'pip install "lamamba[diffusers]"' in capsys.readouterr().err
