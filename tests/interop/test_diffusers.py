@@ -152,3 +152,26 @@ def test_missing_diffusers_names_the_extra(exported, tmp_path, monkeypatch, caps
     monkeypatch.delitem(sys.modules, "lamamba.interop.diffusers_model", raising=False)
     assert cli.main(["export-diffusers", str(run), str(tmp_path / "p")]) == 2
     assert 'pip install "lamamba[diffusers]"' in capsys.readouterr().err
+
+
+def test_latent_model_exports_its_vae(tiny_vae_dir, tmp_path):
+    torch.manual_seed(0)
+    model = lamamba.create_model("DiT-S/2", image_size=16, in_channels=4, num_classes=10, latent_downsample=2,
+                                 **TINY["DiT-S/2"])
+    info = {"model": model.config.to_dict(), "image_size": 16, "image_channels": 3, "num_classes": 10, "step": 1,
+            "latent": {"vae": str(tiny_vae_dir), "scale": 0.5, "shift": None},
+            "diffusion": {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": True}}
+    save_pretrained(model, tmp_path / "run" / "checkpoints" / "0000001", info)
+    assert cli.main(["export-diffusers", str(tmp_path / "run"), str(tmp_path / "pipe")]) == 0
+    pipe = load_pipeline(tmp_path / "pipe")
+    assert type(pipe.vae).__name__ == "AutoencoderKL" and pipe.vae.config.scaling_factor == 0.5
+    images = pipe(class_labels=[1], generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                  output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+
+    info["latent"]["shift"] = 0.1
+    save_pretrained(model, tmp_path / "shifted" / "checkpoints" / "0000001", info)
+    from lamamba.interop.export_diffusers import export_diffusers
+
+    with pytest.raises(ValueError, match="DiTPipeline only scales latents"):
+        export_diffusers(tmp_path / "shifted", tmp_path / "pipe2")

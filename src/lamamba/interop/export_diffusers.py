@@ -24,7 +24,7 @@ def export_diffusers(checkpoint: str | os.PathLike, out: str | os.PathLike, *, v
     """
     from lamamba.interop.diffusers_model import LaMambaTransformer2DModel, PixelSpaceVAE, scheduler_config
 
-    from diffusers import DDIMScheduler, DiTPipeline
+    from diffusers import DDIMScheduler, DiTPipeline  # importable: diffusers_model checked it
 
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
 
