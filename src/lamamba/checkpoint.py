@@ -26,6 +26,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lamamba.hub.download import download_model, parse_hub_ref
+
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "TRAINING_STATE_FILE", "list_checkpoints",
            "load_checkpoint_info", "load_pretrained", "resolve_checkpoint", "save_pretrained", "fsync_file"]
 
@@ -103,8 +105,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory or weight file that ``path`` designates (see the module docstring)."""
     text, path = str(path), Path(path).expanduser()
     if not path.exists():
-        from lamamba.hub.download import download_model, parse_hub_ref
-
         if parse_hub_ref(text) is None:
             raise FileNotFoundError(f"checkpoint {text!r} does not exist")
         path = download_model(text)  # a Hub model id: its snapshot in the local Hub cache
@@ -179,9 +179,9 @@ def load_pretrained(path: str | os.PathLike, *, use_ema: bool = True, device: st
 
     ``path``: a run directory (newest checkpoint), its ``checkpoints`` folder, a checkpoint directory, a
     ``.safetensors`` weight file or a Hub model id ``org/name[@revision]``. ``use_ema=False`` loads the raw
-    (non-averaged) training weights, which only full training checkpoints hold. The checkpoint's ``config.json`` is available as
-    :func:`load_checkpoint_info`. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a
-    corrupt one.
+    (non-averaged) training weights, which only full training checkpoints hold. The checkpoint's
+    ``config.json`` is available as :func:`load_checkpoint_info`. Raises ``FileNotFoundError`` for a missing
+    file and ``ValueError`` for a corrupt one.
     """
     from lamamba.models import model_from_config
 

@@ -20,7 +20,8 @@ def newest_grid(run: Path | None, step: int) -> Path | None:
     """The run's sample grid (``samples/<step>.png``) of the newest step up to ``step``."""
     if run is None or not (run / "samples").is_dir():
         return None
-    grids = sorted((int(p.stem), p) for p in (run / "samples").glob("*.png") if p.stem.isdigit() and int(p.stem) <= step)
+    grids = sorted((int(p.stem), p) for p in (run / "samples").glob("*.png")
+                   if p.stem.isdigit() and int(p.stem) <= step)
     return grids[-1][1] if grids else None
 
 
@@ -61,7 +62,8 @@ def _fid(run: Path | None, step: int) -> str:
 def model_card(repo_id: str, info: dict[str, Any], checkpoint: Path, grid_name: str | None) -> str:
     """Markdown with YAML metadata for the Hub page of ``checkpoint`` (its ``config.json`` is ``info``)."""
     run = run_directory(checkpoint)
-    run_config = json.loads((run / "run_config.json").read_text()) if run and (run / "run_config.json").is_file() else {}
+    config_file = run / "run_config.json" if run else None
+    run_config = json.loads(config_file.read_text()) if config_file and config_file.is_file() else {}
     train = run_config.get("train", {})
     step, model = int(info.get("step", 0)), info["model"]
     name = model.get("extra", {}).get("name", "lamamba model")
