@@ -57,16 +57,16 @@ def load_pipeline(path):
     return pipe
 
 
-def test_wrapper_call_convention_and_null_label():
+def test_wrapper_call_convention_and_null_label(tmp_path):
     from lamamba.interop.diffusers_model import LaMambaTransformer2DModel
 
-    model = lamamba.create_model("DiT-S/2", image_size=16, in_channels=1, num_classes=10, latent_downsample=1,
-                                 **TINY["DiT-S/2"]).eval()
+    _, model = tiny_run("DiT-S/2", tmp_path)
     wrapper = LaMambaTransformer2DModel.from_lamamba(model)
     assert (wrapper.config.sample_size, wrapper.config.in_channels, wrapper.config.out_channels) == (16, 1, 2)
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 5, 5])
     out = wrapper(x, timestep=t, class_labels=torch.tensor([3, 1000, 9])).sample
     torch.testing.assert_close(out, model(x, t, torch.tensor([3, 10, 9])))  # 1000 = DiTPipeline's null label
+    assert not torch.allclose(out[1], model(x, t, torch.tensor([3, 3, 9]))[1])
     torch.testing.assert_close(wrapper(x, 5, torch.tensor([3, 1000, 9])).sample, out)  # scalar timestep
     with pytest.raises(ValueError, match="class labels must lie in"):
         wrapper(x, t, torch.tensor([3, 10, 9]))
