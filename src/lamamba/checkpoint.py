@@ -9,8 +9,9 @@ Training writes one directory per checkpoint, ``<run>/checkpoints/<step:07d>/``,
 * ``training_state.safetensors`` / ``training_state.json``: the full training state (``lamamba.training``).
 
 ``load_pretrained(path)`` accepts a run directory (its newest checkpoint), a ``checkpoints`` directory, one
-checkpoint directory or a ``.safetensors`` file. Nothing is unpickled: tensors come from safetensors, the
-rest from JSON.
+checkpoint directory, a ``.safetensors`` file or a Hugging Face Hub model id ``org/name[@revision]``
+(``lamamba.hub.download``; a local path of the same spelling wins). Nothing is unpickled: tensors come from
+safetensors, the rest from JSON.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lamamba.hub.download import download_model, parse_hub_ref
 from lamamba.io import share_like_umask
 
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "TRAINING_STATE_FILE", "list_checkpoints",
@@ -106,9 +108,11 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[tuple[int, Path
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory or weight file that ``path`` designates (see the module docstring)."""
-    path = Path(path).expanduser()
+    text, path = str(path), Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        if parse_hub_ref(text) is None:
+            raise FileNotFoundError(f"checkpoint {text!r} does not exist")
+        path = download_model(text)  # a Hub model id: its snapshot in the local Hub cache
     if path.is_file():
         if path.suffix != ".safetensors":
             raise ValueError(f"{path} is not a .safetensors file; give a run directory, a checkpoint directory "
@@ -178,11 +182,11 @@ def load_pretrained(path: str | os.PathLike, *, use_ema: bool = True, device: st
                     dtype: torch.dtype | None = None) -> nn.Module:
     """Rebuild a model from a lamamba checkpoint in one call; returned in eval mode on ``device``.
 
-    ``path``: a run directory (newest checkpoint), its ``checkpoints`` folder, a checkpoint directory or a
-    ``.safetensors`` weight file. ``use_ema=False`` loads the raw (non-averaged) training weights, which only
-    full training checkpoints hold. The checkpoint's ``config.json`` is available as
-    :func:`load_checkpoint_info`. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a
-    corrupt one.
+    ``path``: a run directory (newest checkpoint), its ``checkpoints`` folder, a checkpoint directory, a
+    ``.safetensors`` weight file or a Hub model id ``org/name[@revision]``. ``use_ema=False`` loads the raw
+    (non-averaged) training weights, which only full training checkpoints hold. The checkpoint's
+    ``config.json`` is available as :func:`load_checkpoint_info`. Raises ``FileNotFoundError`` for a missing
+    file and ``ValueError`` for a corrupt one.
     """
     from lamamba.models import model_from_config
 

@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("lamamba.flops", "parameters and GFLOPs per model and resolution, beside the paper"),
     "bench": ("lamamba.bench", "time training steps and sampling forwards of several models side by side"),
     "experiment": ("lamamba.experiment.cli", "the paper's comparisons at small scale (Fashion-MNIST, one GPU)"),
+    "export-diffusers": ("lamamba.interop.export_diffusers", "a checkpoint as a diffusers DiTPipeline directory"),
+    "import-diffusers": ("lamamba.interop.import_diffusers", "a pipeline from export-diffusers back into a run"),
+    "convert-official": ("lamamba.interop.official", "a checkpoint of the authors' released code into a run"),
+    "push": ("lamamba.hub.push", "upload a run's EMA weights, config and model card to the Hugging Face Hub"),
+    "plot": ("lamamba.plot", "loss, FID, images/s and learning rate of runs from metrics.jsonl, as a PNG"),
 }
 
 

@@ -218,7 +218,8 @@ def write_npz(path: str | os.PathLike, image_shards: Sequence[Path], labels: np.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="run directory (newest checkpoint), checkpoint directory or .safetensors file")
+                        help="run directory (newest checkpoint), checkpoint directory, .safetensors file or "
+                             "Hugging Face Hub id org/name[@revision]")
     parser.add_argument("--labels", default=None,
                         help="comma-separated class labels, repeated to --num-samples (default: random labels)")
     parser.add_argument("--num-samples", type=int, default=None,

@@ -29,7 +29,8 @@ _ROWS = (("fid", "FID"), ("sfid", "sFID"), ("inception_score", "Inception Score"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="REF SAMPLES",
-                        help="reference and samples: .npz (ADM images/statistics, or ours) or image folder")
+                        help="reference and samples: .npz (ADM images/statistics, or ours; also on the Hub as "
+                             "[datasets/]org/name[@rev]/FILE.npz) or image folder")
     parser.add_argument("--make-ref", nargs=2, metavar=("DATA", "OUT"),
                         help="save reference statistics of DATA (folder or .npz) to OUT (.npz)")
     parser.add_argument("--out", metavar="JSON", help="also write the results as JSON")

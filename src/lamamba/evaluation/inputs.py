@@ -279,12 +279,18 @@ def builtin_images(spec: str) -> ArrayImages | None:
 def open_input(path: str | Path) -> tuple[ImageSource | None, FeatureStats | None]:
     """Classify an input: (images or None, precomputed statistics or None); at least one is set.
 
-    An image folder, an ``.npz`` (ADM images and/or statistics, or ours), or a built-in dataset name
-    (``digits``, ``fashion-mnist``, optionally ``:train`` / ``:test``)."""
+    An image folder, an ``.npz`` (ADM images and/or statistics, or ours; local or on the Hugging Face Hub as
+    ``[datasets/]org/name[@revision]/FILE.npz``), or a built-in dataset name (``digits``, ``fashion-mnist``,
+    optionally ``:train`` / ``:test``)."""
     if not Path(path).expanduser().exists():
         builtin = builtin_images(str(path))
         if builtin is not None:
             return builtin, None
+        if str(path).endswith(".npz"):
+            from lamamba.hub.download import download_file, parse_hub_ref
+
+            if parse_hub_ref(str(path)) is not None:
+                path = download_file(str(path))  # [datasets/]org/name[@rev]/FILE.npz on the Hub
     path = Path(path).expanduser()
     if path.is_dir():
         return FolderImages(path), None
