@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
             del p
     return dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
                 torch=torch.__version__, triton=_triton_version(), copy_GBps=copy_gbps,
-                launch=dataclasses.asdict(triton_ss2d.SS2D_LAUNCH), rows=rows)
+                launch=dataclasses.asdict(triton_ss2d.launch_config()), rows=rows)
 
 
 def _triton_version() -> Optional[str]:
@@ -207,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(triton_ss2d.SS2DLaunchConfig)
                  if getattr(args, f.name) is not None}
     triton_ss2d.SS2D_LAUNCH = dataclasses.replace(triton_ss2d.SS2D_LAUNCH, **overrides)
-    print(f"launch {triton_ss2d.SS2D_LAUNCH}")
+    print(f"launch {triton_ss2d.launch_config()}")
     print(HEADER)
     result = run(args)
     print(f"device-to-device copy: {result['copy_GBps']:.0f} GB/s on {result['device']}")

@@ -222,3 +222,13 @@ def test_gpu_compiles_without_graph_breaks():
     loss, ref = compiled(*args), fn(*args)
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args), rtol=1e-4, atol=1e-4)
+
+
+def test_launch_overrides_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LAMAMBA_SS2D_LAUNCH", "block_t=8, bwd_num_warps=2")
+    cfg = triton_ss2d.launch_config()
+    assert (cfg.block_t, cfg.bwd_num_warps, cfg.max_block_d) == (8, 2, triton_ss2d.SS2D_LAUNCH.max_block_d)
+    assert triton_ss2d._plan(1, 4, 4, 3, 1, torch.device("cpu")).block_t == 8
+    monkeypatch.setenv("LAMAMBA_SS2D_LAUNCH", "block_size=8")
+    with pytest.raises(ValueError, match="FIELD=POSITIVE_INT"):
+        triton_ss2d.launch_config()

@@ -4,7 +4,8 @@
 channels-last inputs, one output slice per direction, differentiable in every tensor argument. The custom ops
 make the scan one opaque node for ``torch.compile`` and give meta tensors their shapes.
 
-Launch configuration (``SS2D_LAUNCH``, an ``SS2DLaunchConfig``): tiles of ``block_t`` steps x ``block_d``
+Launch configuration (``SS2D_LAUNCH``, an ``SS2DLaunchConfig``; the environment variable ``LAMAMBA_SS2D_LAUNCH``,
+e.g. ``block_t=16,bwd_num_warps=2``, overrides fields without code changes): tiles of ``block_t`` steps x ``block_d``
 channels x ``block_n`` (the state size rounded up to a power of two; ``block_d * block_n <= state_lanes``);
 the length is split into chunks until the grid has ``programs_per_sm`` programs per SM (or every chunk is
 one tile). Under ``TRITON_INTERPRET=1`` (set before triton is first imported) the kernels also run on CPU
@@ -12,7 +13,9 @@ tensors, through Triton's interpreter (slow; for tests).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,11 +39,31 @@ class SS2DLaunchConfig:
     num_warps: int = 1          # forward kernel: one warp keeps the tile's scan inside the warp (shuffles only)
     bwd_num_warps: int = 1      # backward kernel
     num_stages: int = 2         # forward kernel: software-pipeline the tile loads of the time loop
+    bwd_num_stages: int = 1     # backward kernel
     programs_per_sm: int = 8    # split the length into chunks until the grid has this many programs per SM
     max_chunks: int = 64
 
 
 SS2D_LAUNCH = SS2DLaunchConfig()
+LAUNCH_ENV = "LAMAMBA_SS2D_LAUNCH"
+
+
+def launch_config() -> SS2DLaunchConfig:
+    """``SS2D_LAUNCH`` with the overrides of ``LAMAMBA_SS2D_LAUNCH`` (``field=int,...``), if set."""
+    return _with_overrides(SS2D_LAUNCH, os.environ.get(LAUNCH_ENV, ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _with_overrides(base: SS2DLaunchConfig, spec: str) -> SS2DLaunchConfig:
+    fields = {f.name for f in dataclasses.fields(SS2DLaunchConfig)}
+    overrides = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name.strip() not in fields or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{LAUNCH_ENV}={spec!r}: each item must be FIELD=POSITIVE_INT with FIELD one of "
+                             f"{', '.join(sorted(fields))}")
+        overrides[name.strip()] = int(value)
+    return dataclasses.replace(base, **overrides)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,9 +107,10 @@ class _Plan:
         return (self.H, self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles)
 
     def meta(self, acc: torch.dtype, backward: bool) -> dict:
-        cfg = SS2D_LAUNCH
+        cfg = launch_config()
         return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_T=self.block_t,
-                    BLOCK_D=self.block_d, BLOCK_N=self.block_n, STAGES=1 if backward else cfg.num_stages,
+                    BLOCK_D=self.block_d, BLOCK_N=self.block_n,
+                    STAGES=cfg.bwd_num_stages if backward else cfg.num_stages,
                     num_warps=cfg.bwd_num_warps if backward else cfg.num_warps)
 
     def carry(self, like: Tensor, acc: torch.dtype) -> Tensor:
@@ -96,7 +120,7 @@ class _Plan:
 
 
 def _plan(batch: int, H: int, W: int, d: int, N: int, device: torch.device) -> _Plan:
-    cfg = SS2D_LAUNCH
+    cfg = launch_config()
     block_n = triton.next_power_of_2(N)
     block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
     n_tiles = triton.cdiv(H * W, cfg.block_t)
@@ -151,7 +175,7 @@ def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, d
 
 @_fwd.register_fake
 def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
-    plan_tiles = triton.cdiv(H * W, SS2D_LAUNCH.block_t)
+    plan_tiles = triton.cdiv(H * W, launch_config().block_t)
     shape = (x.shape[0], K, plan_tiles, x.shape[2], A.shape[1]) if save_states else (0,)
     return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=_acc_dtype(x.dtype))
 
