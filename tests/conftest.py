@@ -1,6 +1,18 @@
-"""Fixtures shared across the test tree: a tiny randomly initialised AutoencoderKL saved to disk (VAE, latent and
-latent-training tests)."""
+"""Session setup and fixtures shared across the test tree.
+
+On machines without CUDA the Triton kernels run through Triton's interpreter: TRITON_INTERPRET=1 is set here,
+before any test module (or torch.compile, diffusers, ...) imports triton, which fixes "compile or interpret" at
+its first import. So the kernel tests of tests/ops run in a full session, not only alone.
+Fixture: a tiny randomly initialised AutoencoderKL saved to disk (VAE, latent and latent-training tests).
+"""
+import os
+import sys
+
 import pytest
+import torch
+
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

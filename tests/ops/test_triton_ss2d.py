@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from triton_env import gpu, interpreter, rel_err, triton
+from triton_env import gpu, interpreter, rel_err, runnable, triton
 
 from lamamba.ops import triton_ss2d, triton_ss2d_kernels
 from lamamba.ops.scan_paths import scan_paths
@@ -76,6 +76,7 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@runnable
 @pytest.mark.parametrize("H,W", [(4, 4), (5, 3), (2, 7), (1, 5), (6, 1)])
 def test_kernel_paths_are_the_scan_paths(H, W):
     out = torch.empty(4, H * W, dtype=torch.int64, device=_device())
@@ -83,6 +84,7 @@ def test_kernel_paths_are_the_scan_paths(H, W):
     assert torch.equal(out.cpu(), scan_paths(H, W)[0])
 
 
+@runnable
 def test_reverse_associative_scan_solves_the_reverse_recurrence():
     """``g_t = b_t + a_t g_{t+1}``: the order in which ``reverse=True`` combines is what the backward relies on."""
     T = 32

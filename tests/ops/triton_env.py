@@ -1,9 +1,9 @@
 """How the Triton tests run: interpreted on CPU machines, compiled on GPU machines.
 
-Triton fixes "compile or interpret" when it is first imported, so importing this module asks for the
-interpreter (TRITON_INTERPRET=1) only when no CUDA device is present and triton is not imported yet; in any
-other process state the interpreter tests skip with the reason (run them alone, ``TRITON_INTERPRET=1 pytest
-tests/ops``) and the GPU tests (marker ``gpu``, real model shapes) run compiled kernels.
+Triton fixes "compile or interpret" when it is first imported; tests/conftest.py asks for the interpreter
+(TRITON_INTERPRET=1) before anything imports triton when no CUDA device is present (and so does this module,
+for a file run on its own). If triton was imported compiled on a machine without CUDA, the interpreter tests
+skip with the reason, and the GPU tests (marker ``gpu``, real model shapes) run only with CUDA.
 """
 import os
 import sys
@@ -20,6 +20,10 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 INTERPRETED = not isinstance(triton.language.sigmoid, JITFunction) or os.environ.get("TRITON_INTERPRET") == "1"
 interpreter = pytest.mark.skipif(not INTERPRETED, reason="triton was imported without TRITON_INTERPRET=1 in this "
                                  "process; run tests/ops alone on a CPU machine or with TRITON_INTERPRET=1")
+
+
+runnable = pytest.mark.skipif(not INTERPRETED and not torch.cuda.is_available(),
+                              reason="needs CUDA or Triton's interpreter (TRITON_INTERPRET=1 before triton's import)")
 
 
 def gpu(test):

@@ -1,6 +1,7 @@
 """Resume with data-loader workers and augmentation, checkpoint pruning and history, non-finite weights,
 permissions, the CPU thread count, and the run directory's life cycle."""
 import os
+import time
 import stat
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lamamba.checkpoint import list_checkpoints
+from lamamba.training import distributed
 from lamamba.training.distributed import cpu_threads
 
 
@@ -115,8 +117,12 @@ def test_checkpoints_follow_the_umask(tmp_path, train_tiny):
 def test_cpu_threads_default_leaves_busy_cores_alone(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(distributed, "_own_load", lambda: 0.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))
     assert cpu_threads() == 1                     # one other CPU-bound process on two cores
+    monkeypatch.setattr(distributed, "_own_load", lambda: 1.0)
+    assert cpu_threads() == 2                     # ... or this busy process itself (a test run, a notebook)
+    monkeypatch.setattr(distributed, "_own_load", lambda: 0.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert cpu_threads() == 2 and cpu_threads(processes=2) == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
@@ -126,6 +132,13 @@ def test_cpu_threads_default_leaves_busy_cores_alone(monkeypatch):
     assert cpu_threads() == 2
     with pytest.raises(ValueError, match="--threads"):
         cpu_threads(0)
+
+
+def test_own_load_is_this_process_share_of_the_load_average():
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.2:          # busy for a moment
+        pass
+    assert 0.0 <= distributed._own_load() <= (os.cpu_count() or 1) + 0.5
 
 
 def test_numbered_runs_are_not_wasted_by_failed_starts(tmp_path, capsys):

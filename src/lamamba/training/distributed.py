@@ -60,8 +60,9 @@ def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
     """The CPU threads one process uses: ``requested``, else ``OMP_NUM_THREADS``, else the idle cores.
 
     Idle cores: the cores this process may use, divided among ``processes`` local processes, minus the
-    1-minute load average (other CPU-bound work), at least 1. torch's default (every core) oversubscribes a
-    busy machine: with one other CPU-bound process on 2 cores the demo ran 15x slower than with one thread.
+    1-minute load average that other work causes (this process's own share of it, ``_own_load``, does not
+    count), at least 1. torch's default (every core) oversubscribes a busy machine: with one other CPU-bound
+    process on 2 cores the demo ran 15x slower than with one thread.
     """
     if requested is not None:
         if requested < 1:
@@ -72,10 +73,25 @@ def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        busy = round(os.getloadavg()[0])
+        busy = round(max(0.0, os.getloadavg()[0] - _own_load()))
     except (AttributeError, OSError):
         busy = 0
     return max(1, min(cores // max(1, processes), cores - busy))
+
+
+def _own_load() -> float:
+    """This process's share of the 1-minute load average: its mean CPU use (CPU seconds over its lifetime) times
+    the part of the last minute it has existed. 0 where the start time is unknown (no /proc)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    lifetime = max(1e-3, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    t = os.times()
+    return (t.user + t.system) / lifetime * min(1.0, lifetime / 60.0)
 
 
 def set_cpu_threads(requested: int | None, device: torch.device, processes: int = 1) -> int | None:
