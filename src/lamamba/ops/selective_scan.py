@@ -12,8 +12,8 @@ state, length) with channels split evenly over groups (also accepted: (batch, st
 or (channels, state) = time-invariant); ``D, delta_bias``: (channels,).
 
 This module holds the pure-PyTorch reference (any device, fp32 accumulation, float64 when given
-float64) and the dispatch to the Triton kernels (``lamamba.ops.triton_scan``) on CUDA. The computation is
-wrapped in a ``torch.library`` custom op so that ``torch.compile`` sees one opaque node, the FLOP counter
+float64) and the dispatch to the Triton kernels (``lamamba.ops.triton_scan``; SS2D has its own,
+``lamamba.ops.triton_ss2d``) on CUDA. The computation is wrapped in a ``torch.library`` custom op so that ``torch.compile`` sees one opaque node, the FLOP counter
 can apply the paper's counting rule, and meta tensors (shape-only tracing) work.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ BACKEND_ENV = "LAMAMBA_SCAN_BACKEND"
 @functools.lru_cache(maxsize=None)
 def _triton_available() -> bool:
     try:
-        from lamamba.ops import triton_scan  # noqa: F401
+        from lamamba.ops import triton_scan, triton_ss2d  # noqa: F401
     except Exception as e:  # triton missing or too old: fall back with one clear warning
         logger.warning("Triton selective scan unavailable (%s); using the PyTorch reference.", e)
         return False
