@@ -13,8 +13,9 @@ or (channels, state) = time-invariant); ``D, delta_bias``: (channels,).
 
 This module holds the pure-PyTorch reference (any device, fp32 accumulation, float64 when given
 float64) and the dispatch to the Triton kernels (``lamamba.ops.triton_scan``; SS2D has its own,
-``lamamba.ops.triton_ss2d``) on CUDA. The computation is wrapped in a ``torch.library`` custom op so that ``torch.compile`` sees one opaque node, the FLOP counter
-can apply the paper's counting rule, and meta tensors (shape-only tracing) work.
+``lamamba.ops.triton_ss2d``) on CUDA. The computation is wrapped in a ``torch.library`` custom op so that
+``torch.compile`` sees one opaque node, the FLOP counter can apply the paper's counting rule, and meta tensors
+(shape-only tracing) work.
 """
 from __future__ import annotations
 
