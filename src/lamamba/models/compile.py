@@ -40,8 +40,8 @@ import torch.nn as nn
 from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
 
-__all__ = ["COMPILED_BLOCKS", "SCOPES", "cache_counts", "compile_model", "describe_cache", "inductor_cache_dir", "resolve_compile",
-           "use_persistent_cache"]
+__all__ = ["COMPILED_BLOCKS", "SCOPES", "cache_counts", "compile_model", "describe_cache", "inductor_cache_dir",
+           "resolve_compile", "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
