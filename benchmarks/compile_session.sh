@@ -11,12 +11,13 @@
 #    log's time to the first step, cold then warm, with images/s and MFU.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-export LAMAMBA_CACHE_DIR="$OUT/cache"          # a cache of this session only: the first compile is cold
+export LAMAMBA_CACHE_DIR=/tmp/lamamba-compile-cache   # emptied by part 1: its first compile is cold
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 bench() { timeout 580 python3 -m lamamba.cli bench --steps 10 --warmup 3 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
 part() { [ -z "${PART:-}" ] || [ "${PART}" = "$1" ]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 if part 1; then
+  rm -rf "$LAMAMBA_CACHE_DIR"
   bench --model LaMamba-Diff-XL --compile all --fresh-cache --out "$OUT/xl_regional.json"
   bench --model LaMamba-Diff-XL --compile all --compile-scope full --fresh-cache --out "$OUT/xl_full.json"
 fi
