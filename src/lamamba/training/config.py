@@ -145,7 +145,7 @@ class TrainConfig:
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad-clip must be positive, got {self.grad_clip}")
         if self.compile_scope not in ("regional", "full"):
-            raise ValueError(f"compile-scope must be regional or full, got {self.compile_scope!r}")
+            raise ValueError(f"--compile-scope must be regional or full, got {self.compile_scope!r}")
         if self.cuda_graphs and self.compile is False:
             raise ValueError("--cuda-graphs captures compiled graphs: drop --no-compile")
         if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
