@@ -117,12 +117,14 @@ class Trainer:
             self.net = compile_model(self.model, net, **options)
             if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled
                 compile_model(self.ema.model, **options)
-        # model FLOPs of a training image (paper convention) and the card's peak, for MFU in the log
-        self.gflops_per_image = measure(config.model, **self.data.model_kwargs, **config.model_args)["gflops"]
+        # the card's peak and the model FLOPs of a training image (paper convention), for MFU in the log
         card = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
         self.peak_tflops = config.peak_tflops or peak_tflops(card)
+        self.gflops_per_image = None
         if self.peak_tflops is None:
             log.info("MFU not logged: no peak FLOP/s known for %r (--peak-tflops sets it)", card)
+        else:
+            self.gflops_per_image = measure(config.model, **self.data.model_kwargs, **config.model_args)["gflops"]
         self.callbacks: list[Callback] = [
             Callback("checkpoint", config.ckpt_every, Trainer.save_checkpoint),
             Callback("sample grid", config.sample_every, Trainer.save_sample_grid),
