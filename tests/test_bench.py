@@ -1,17 +1,23 @@
 """``lamamba bench`` runs end to end on the CPU (timing values are not checked: timing is not a test)."""
+import argparse
 import json
 
-from lamamba.bench import bench_model
+import pytest
+
+from lamamba.bench import add_arguments, bench_model, resolve_settings
 from lamamba.cli import main
+from lamamba.flops import peak_tflops
 
 
 def test_bench_model_reports_all_fields():
     import torch
     r = bench_model("LaMamba-Diff-S", image_size=16, batch_size=2, device=torch.device("cpu"), precision="fp32",
-                    steps=1, warmup=0, latent_downsample=1, in_channels=1, num_classes=10,
+                    steps=1, warmup=0, latent_downsample=1, in_channels=1, num_classes=10, peak=1.0,
                     embed_dim=8, cond_dim=16, num_heads=2, window_size=4)
-    for key in ("train_ms", "train_images_per_s", "sample_images_per_s", "gflops_per_image", "train_tflops"):
+    for key in ("train_ms", "train_images_per_s", "sample_images_per_s", "gflops_per_image", "train_tflops",
+                "train_mfu", "sample_mfu"):
         assert r[key] > 0
+    assert "compile_s" not in r
 
 
 def test_bench_cli_writes_json(tmp_path, capsys):
@@ -21,4 +27,45 @@ def test_bench_cli_writes_json(tmp_path, capsys):
                  "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["rows"][0]["model"] == "DiT-S/8" and "card" in data["environment"]
-    assert "train img/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "train img/s" in printed and printed.count("MFU omitted") == 1
+
+
+def _settings(*argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return resolve_settings(parser.parse_args(list(argv)))
+
+
+def test_fashion_mnist_preset_and_overrides():
+    s = _settings("--preset", "fashion-mnist")
+    assert s == dict(models=["LaMamba-Diff-S", "DiT-S/2"], image_size=32, batch_size=128, in_channels=1,
+                     latent_downsample=1, num_classes=10)
+    s = _settings("--preset", "fashion-mnist", "--batch-size", "64", "--model", "DiT-S/4")
+    assert s["batch_size"] == 64 and s["models"] == ["DiT-S/4"] and s["in_channels"] == 1
+    assert _settings("--in-channels", "3", "--latent-downsample", "1")["latent_downsample"] == 1
+    with pytest.raises(ValueError, match="not divisible by --latent-downsample"):
+        _settings("--image-size", "30", "--latent-downsample", "8")
+
+
+def test_peak_table():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989 and peak_tflops("NVIDIA H200") == 989
+    assert peak_tflops("NVIDIA H100 PCIe") == 756 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert peak_tflops("NVIDIA A10G") == 70 and peak_tflops("cpu") is None
+
+
+def test_compiled_row_reports_compile_times(monkeypatch):
+    import functools
+
+    import torch
+
+    import lamamba.bench
+    from lamamba.models.compile import compile_model
+
+    monkeypatch.setattr(lamamba.bench, "compile_model", functools.partial(compile_model, backend="eager"))
+    r = bench_model("DiT-S/8", image_size=16, batch_size=2, device=torch.device("cpu"), precision="fp32",
+                    compile=True, steps=1, warmup=0, latent_downsample=1, in_channels=1, num_classes=10,
+                    hidden_size=16, depth=2, num_heads=2)
+    assert r["scope"] == "regional" and not r["cuda_graphs"]
+    assert {"compile_s", "warm_compile_s", "compile_cache", "warm_compile_cache"} <= set(r)
+    torch._dynamo.reset()

@@ -44,6 +44,8 @@ TRAIN_CASES = [  # (flags, words the message must contain)
     (["--model-arg", "embed_dim=-8"], "embed_dim"),
     (["--model-arg", "class_dropout_prob=1.5"], "class_dropout_prob"),
     (["--preset", "small"], "--data"),
+    (["--cuda-graphs", "--no-compile"], "--cuda-graphs"),
+    (["--peak-tflops", "0"], "--peak-tflops"),
 ]
 
 
@@ -71,7 +73,12 @@ OTHER_CASES = [  # (command, flags with {ckpt} / {npz}, words)
     ("sample", ["{ckpt}", "--seed", "-1"], "--seed"),
     ("sample", ["{ckpt}", "--labels", "10"], "labels"),
     ("sample", ["{ckpt}", "--device", "tpu7"], "--device"),
+    ("sample", ["{ckpt}", "--cuda-graphs", "--no-compile"], "--cuda-graphs"),
+    ("sample", ["{ckpt}", "--cuda-graphs"], "--compile"),
     ("bench", ["--batch-size", "0"], "--batch-size"),
+    ("bench", ["--peak-tflops", "0"], "--peak-tflops"),
+    ("bench", ["--image-size", "30"], "--latent-downsample"),
+    ("bench", ["--preset", "fashion-mnist", "--in-channels", "0"], "--in-channels"),
     ("bench", ["--steps", "0"], "--steps"),
     ("bench", ["--precision", "fp16", "--device", "cpu"], "fp16"),
     ("flops", ["--model", "LaMamba-Diff-S", "--d-state", "0"], "--d-state"),

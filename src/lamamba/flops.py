@@ -40,6 +40,29 @@ PAPER_GFLOPS = {
 PAPER_TABLE2_GFLOPS = {256: 50.46, 512: 201.20, 1024: 804.18}  # LaMamba-Diff-XL (matches d_state=16)
 
 
+# Peak dense bf16 tensor-core TFLOP/s (no sparsity) by card, from the vendors' data sheets; the first entry
+# whose pattern occurs in ``torch.cuda.get_device_name()`` applies, so the more specific names come first.
+# Model FLOP utilisation (MFU) = achieved model FLOP/s (paper-convention count, x2 per multiply-add, x3 for a
+# training step) / this peak, as nanoGPT and PaLM report it.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0),
+    ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0),
+    ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0),
+)
+
+
+def peak_tflops(card: str) -> float | None:
+    """Peak dense bf16 TFLOP/s of a card by name (``torch.cuda.get_device_name()``), None when unknown."""
+    for pattern, tflops in PEAK_BF16_TFLOPS:
+        if pattern.lower() in card.lower():
+            return tflops
+    return None
+
+
+def model_tflops(gflops_per_image: float, images_per_s: float, *, training: bool) -> float:
+    """Achieved model TFLOP/s: 2 FLOPs per multiply-add, a training step 3x a forward (forward + backward)."""
+    return (3 if training else 1) * 2 * gflops_per_image * images_per_s / 1000
+
 def _layer_norm_flops(input_shape, normalized_shape, weight_shape, bias_shape, *args, **kwargs) -> int:
     numel = 1
     for s in input_shape:

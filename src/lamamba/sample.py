@@ -249,6 +249,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-denoised", action="store_true",
                         help="clamp the predicted clean image to [-1, 1] at every step (ADM does for pixel-space "
                              "models; default: off, as the paper's latent models)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the network's blocks (regional compilation; default: on CUDA when "
+                             "Triton is installed, off on CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the compiled blocks as CUDA graphs (mode reduce-overhead; not yet measured, "
+                             "off by default)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with other work)")
@@ -262,6 +268,8 @@ def _check_args(args: argparse.Namespace) -> None:
                                ("--threads", args.threads, 1)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.cuda_graphs and args.compile is False:
+        raise ValueError("--cuda-graphs replays compiled graphs: drop --no-compile")
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
         raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
     _parse_labels(args.labels)
@@ -311,6 +319,7 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
+    from lamamba.models.compile import compile_model, resolve_compile
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -324,6 +333,12 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = resolve_checkpoint(args.checkpoint)
         info = load_checkpoint_info(checkpoint)
         model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=env.device)
+        if resolve_compile(args.compile, env.device, lambda message: print(message, file=sys.stderr)):
+            if args.cuda_graphs and env.device.type != "cuda":
+                raise ValueError("--cuda-graphs needs a CUDA device")
+            compile_model(model, cuda_graphs=args.cuda_graphs)  # the blocks in place: forward_with_cfg uses them
+        elif args.cuda_graphs:
+            raise ValueError("--cuda-graphs replays compiled graphs: add --compile")
         diffusion = create_diffusion(**info["diffusion"])
         n, labels = _labels(args, model.config.num_classes)
         args.cfg_scale = _guidance(args.cfg_scale, model.config.num_classes)

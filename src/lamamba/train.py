@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (parameters are always fp32)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on CUDA when Triton is installed, off on CPU)")
+    g.add_argument("--compile-scope", choices=("regional", "full"), default=None,
+                   help="regional: each block class compiled once and shared by the blocks of the same shape, "
+                        "EMA sample grids compiled too (default); full: the whole model as one graph")
+    g.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="replay compiled graphs as CUDA graphs (mode reduce-overhead; static shapes; not yet "
+                        "measured, off by default)")
+    g.add_argument("--peak-tflops", type=float, default=None,
+                   help="the card's peak dense bf16 TFLOP/s for the logged MFU (default: by card name)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute block activations in the backward pass (less memory, ~30%% slower)")
     g.add_argument("--seed", type=int, default=None, help="global seed (default: 0)")
@@ -173,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s: %.2f M parameters, %s, %d process(es) on %s%s, %s%s, batch %d per process x %d "
                      "accumulation", config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"],
                      env.world_size, env.device, f" ({threads} threads)" if threads else "", trainer.precision,
-                     ", compiled" if trainer.compiled else "", trainer.per_rank_batch, config.grad_accum)
+                     f", compiled ({config.compile_scope}{', CUDA graphs' if config.cuda_graphs else ''})"
+                     if trainer.compiled else "", trainer.per_rank_batch, config.grad_accum)
             directory.started = True
             try:
                 trainer.fit()

@@ -1,10 +1,14 @@
 """The model compiles as one graph in every ablation layout that ``lamamba experiment`` trains (the scan and
-routing are opaque custom ops), and ``compile_model`` keeps the construction of index tensors out of it."""
+routing are opaque custom ops), and ``compile_model`` keeps the construction of index tensors out of it;
+regional compilation traces one graph per distinct block, not per block, and keeps the model's interface."""
+import copy
+
 import pytest
 import torch
 
 import lamamba
 from lamamba.models import compile_model
+from lamamba.models.compile import inductor_cache_dir
 from lamamba.ops import scan_paths, window_attention
 
 VARIANTS = [dict(), dict(attention="none"), dict(attention="global"), dict(shift=False), dict(skip="concat"),
@@ -42,7 +46,7 @@ def test_compile_model_one_graph_without_index_construction(overrides):
     scan_paths._device_cache.clear()   # start cold: compile_model's warm-up must fill the caches
     window_attention._cache.clear()
     model = tiny(**overrides).train()
-    net = compile_model(model, backend=capture, fullgraph=True)   # fullgraph: a graph break raises
+    net = compile_model(model, scope="full", backend=capture, fullgraph=True)  # a graph break raises
     assert model.training                                          # the warm-up forward restored the mode
     x, t, y = inputs()
     out = net(x, t, y)
@@ -51,3 +55,67 @@ def test_compile_model_one_graph_without_index_construction(overrides):
                                        for op in INDEX_OPS)]
     assert not found, found
     torch._dynamo.reset()
+
+
+def _counting_backend(graphs: list):
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+    return capture
+
+
+def test_regional_compile_shares_graphs_between_blocks_and_keeps_the_interface():
+    torch._dynamo.reset()
+    graphs: list = []
+    model = tiny().train()
+    reference = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    assert compile_model(model, backend=_counting_backend(graphs)) is model   # blocks compiled in place
+    assert list(model.state_dict()) == keys
+    x, t, y = inputs()
+    torch.manual_seed(1)
+    out = model(x, t, y)
+    torch.manual_seed(1)
+    assert torch.allclose(out, reference(x, t, y), atol=1e-5)
+    blocks = model.blocks()
+    distinct = len(graphs)
+    assert 1 < distinct < len(blocks)             # 16 blocks, one graph per distinct (width, shift, projection)
+    model(x, t, y)
+    assert len(graphs) == distinct                # the second step reuses every graph
+    # the EMA's deep copy calls its own blocks, compiled, with the graphs of the same signatures
+    ema = copy.deepcopy(model).eval()
+    assert all(b.forward.__self__ is b for b in ema.blocks())
+    with torch.no_grad():
+        guided = ema.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 10)]),
+                                      cfg_scale=2.0)
+    assert guided.shape == (4, 2, 16, 16) and len(graphs) > distinct   # eval/no-grad: graphs of its own
+    torch._dynamo.reset()
+
+
+def test_regional_compile_of_dit_is_one_graph():
+    torch._dynamo.reset()
+    graphs: list = []
+    model = lamamba.create_model("DiT-S/8", image_size=16, latent_downsample=1, in_channels=1, num_classes=10,
+                                 hidden_size=16, depth=3, num_heads=2)
+    compile_model(model, backend=_counting_backend(graphs))
+    model(*inputs())
+    assert len(graphs) == 1                       # three identical blocks, one graph
+    torch._dynamo.reset()
+
+
+def test_inductor_cache_dir_order(monkeypatch, tmp_path):
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "LAMAMBA_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert inductor_cache_dir() == tmp_path / ".cache" / "lamamba" / "inductor"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert inductor_cache_dir() == tmp_path / "xdg" / "lamamba" / "inductor"
+    monkeypatch.setenv("LAMAMBA_CACHE_DIR", str(tmp_path / "lm"))
+    assert inductor_cache_dir() == tmp_path / "lm" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
+    assert inductor_cache_dir() == tmp_path / "ind"
+
+
+def test_compile_scope_is_checked():
+    with pytest.raises(ValueError, match="compile scope"):
+        compile_model(tiny(), scope="blocks")

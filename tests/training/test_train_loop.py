@@ -13,7 +13,7 @@ from lamamba.training.checkpoint import load_checkpoint
 def test_run_writes_config_metrics_checkpoints_and_grid(tmp_path, train_tiny, read_metrics):
     run = tmp_path / "run"
     assert train_tiny(run, "--max-steps", 3, "--ckpt-every", 2, "--sample-every", 3, "--sample-num", 4,
-                      "--sample-steps", 2) == 0
+                      "--sample-steps", 2, "--peak-tflops", 1) == 0
     config = json.loads((run / "run_config.json").read_text())
     assert config["train"]["max_steps"] == 3 and config["train"]["global_batch_size"] == 8
     assert config["model_config"]["embed_dim"] == 8 and config["model_config"]["in_channels"] == 1
@@ -21,12 +21,13 @@ def test_run_writes_config_metrics_checkpoints_and_grid(tmp_path, train_tiny, re
     assert config["diffusion"] == {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": True}
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
-    for key in ("loss", "mse", "vb", "lr", "grad_norm", "images_per_sec", "time"):
+    for key in ("loss", "mse", "vb", "lr", "grad_norm", "images_per_sec", "mfu", "time"):
         assert all(isinstance(r[key], float) for r in records), key
     assert all(abs(r["loss"] - r["mse"] - r["vb"]) < 1e-5 for r in records)
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]  # every 2 steps and at the end
     assert (run / "samples" / "0000003.png").is_file()
-    assert "step 3" in (run / "log.txt").read_text()
+    log = (run / "log.txt").read_text()
+    assert "step 3" in log and "first step in" in log and "MFU" in log
     info = json.loads((run / "checkpoints" / "0000003" / "config.json").read_text())
     assert info["step"] == 3 and info["image_size"] == 16 and info["image_channels"] == 1 and info["latent"] is None
 
@@ -116,3 +117,26 @@ def train_parse(argv):
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_compiled_run_compiles_the_blocks_of_the_model_and_the_ema(tmp_path, train_tiny, monkeypatch):
+    import lamamba.training.loop as loop
+    from lamamba.models.compile import compile_model
+
+    compiled = []
+
+    def eager_backend(model, *args, **kwargs):  # Dynamo traces, the graphs run eager: seconds on a CPU
+        compiled.append(model)
+        return compile_model(model, *args, backend="eager", **kwargs)
+
+    monkeypatch.setattr(loop, "compile_model", eager_backend)
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 2, "--compile", "--sample-every", 2, "--sample-num", 2,
+                      "--sample-steps", 1) == 0
+    model, ema = compiled                                       # the trained model, then the EMA copy
+    assert all(b.forward.__self__ is b for b in [*model.blocks(), *ema.blocks()])
+    log = (run / "log.txt").read_text()
+    assert "compiled (regional)" in log and "compiling (regional scope" in log
+    assert (run / "samples" / "0000002.png").is_file()
+    assert load_pretrained(run).config.embed_dim == 8          # parameter names unchanged by compiling
+    torch._dynamo.reset()

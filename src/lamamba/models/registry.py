@@ -103,24 +103,3 @@ def model_from_config(config: dict) -> nn.Module:
             config[key] = tuple(config[key])
     return _REGISTRY[name][0](config_cls(**config))
 
-
-def compile_model(model: nn.Module, net: nn.Module | None = None, **compile_kwargs: Any) -> nn.Module:
-    """``torch.compile(net or model)``, after one eager forward of ``model`` at batch size 1 without gradients.
-
-    The forward builds LaMamba-Diff's index tensors (scan paths, relative-position index, shifted-window
-    masks), which are cached per size and device; compiled graphs then take them as constants instead of
-    tracing their construction on the host (which put CPU kernels into the GPU graph). ``net`` is what to
-    compile when it wraps ``model`` (e.g. DistributedDataParallel).
-    """
-    import torch
-
-    cfg = model.config
-    device = next(model.parameters()).device
-    x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    y = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(x, t, y)
-    model.train(was_training)
-    return torch.compile(net if net is not None else model, **compile_kwargs)

@@ -81,6 +81,10 @@ class TrainConfig:
     max_steps: int = 400_000
     precision: str = "auto"               # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool | None = None           # torch.compile; None: on CUDA when Triton is importable (Trainer)
+    compile_scope: str = "regional"       # "regional": each block class compiled once, shared by same-shape
+                                          # blocks (seconds, and the EMA's sample grids too); "full": one graph
+    cuda_graphs: bool = False             # CUDA graphs (compile mode "reduce-overhead"); not yet measured: off
+    peak_tflops: float | None = None      # the card's peak dense bf16 TFLOP/s for MFU (None: by card name)
     grad_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
@@ -140,6 +144,12 @@ class TrainConfig:
             raise ValueError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad-clip must be positive, got {self.grad_clip}")
+        if self.compile_scope not in ("regional", "full"):
+            raise ValueError(f"--compile-scope must be regional or full, got {self.compile_scope!r}")
+        if self.cuda_graphs and self.compile is False:
+            raise ValueError("--cuda-graphs captures compiled graphs: drop --no-compile")
+        if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            raise ValueError(f"--peak-tflops must be a positive number, got {self.peak_tflops}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.sample_num < 0:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -39,7 +40,9 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from lamamba.diffusion import create_diffusion
+from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
+from lamamba.models.compile import cache_counts, describe_cache, resolve_compile
 from lamamba.sample import generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
@@ -51,21 +54,6 @@ from lamamba.training.interrupt import Interrupted, StopSignals, signal_name
 from lamamba.training.logs import RunLogger
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged"]
-
-
-def resolve_compile(requested: bool | None, device: torch.device, log: RunLogger | None = None) -> bool:
-    """``--compile`` as given, else on for CUDA devices when Triton (the compiler's GPU backend) imports."""
-    if requested is not None:
-        return requested
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        if log is not None:
-            log.warning("Triton is not installed: training without torch.compile (slower; pip install triton)")
-        return False
-    return True
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,8 +108,23 @@ class Trainer:
         self.ddp = (DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
                                             else None) if env.distributed else None)
         net = self.ddp if self.ddp is not None else self.model
-        self.compiled = resolve_compile(config.compile, env.device, log)
-        self.net = compile_model(self.model, net) if self.compiled else net
+        self.compiled = resolve_compile(config.compile, env.device, log.warning)
+        if config.cuda_graphs and not (self.compiled and env.device.type == "cuda"):
+            raise ValueError("--cuda-graphs needs a compiled model on a CUDA device (--compile, --device cuda)")
+        self.net = net
+        if self.compiled:
+            options = dict(scope=config.compile_scope, cuda_graphs=config.cuda_graphs)
+            self.net = compile_model(self.model, net, **options)
+            if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled
+                compile_model(self.ema.model, **options)
+        # the card's peak and the model FLOPs of a training image (paper convention), for MFU in the log
+        card = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+        self.peak_tflops = config.peak_tflops or peak_tflops(card)
+        self.gflops_per_image = None
+        if self.peak_tflops is None:
+            log.info("MFU not logged: no peak FLOP/s known for %r (--peak-tflops sets it)", card)
+        else:
+            self.gflops_per_image = measure(config.model, **self.data.model_kwargs, **config.model_args)["gflops"]
         self.callbacks: list[Callback] = [
             Callback("checkpoint", config.ckpt_every, Trainer.save_checkpoint),
             Callback("sample grid", config.sample_every, Trainer.save_sample_grid),
@@ -227,6 +230,8 @@ class Trainer:
         self.model.train()
         sums = torch.zeros(3, device=dev, dtype=torch.float64)
         for micro in range(cfg.grad_accum):
+            if cfg.cuda_graphs:  # a new iteration: outputs of the previous replays may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             x, y = next(batches)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if self.data.encode is not None:
@@ -289,29 +294,50 @@ class Trainer:
         batches = forever(self.data.loader)
         self.log.progress(self.step, cfg.max_steps)
         window: dict[str, float] = {}
-        window_steps, window_time = 0, 0.0
+        window_steps, timed_steps, window_time = 0, 0, 0.0
+        first = self.step
+        cache_before = cache_counts()
         while self.step < cfg.max_steps:
             tic = time.perf_counter()
             stats = self.train_step(batches)
             elapsed = time.perf_counter() - tic
-            window_steps, window_time = window_steps + 1, window_time + elapsed
+            window_steps += 1
+            if self.step == first + 1:  # this process's first step: it compiles, so it is not in img/s
+                self._log_first_step(elapsed, cache_before)
+                first_elapsed = elapsed
+            else:
+                timed_steps, window_time = timed_steps + 1, window_time + elapsed
             for key in ("loss", "mse", "vb", "grad_norm"):
                 window[key] = window.get(key, 0.0) + stats[key]
             self.log.advance(loss=f"{stats['loss']:.4f}", img_s=f"{cfg.global_batch_size / elapsed:.0f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 values = {k: v / window_steps for k, v in window.items()}
-                values.update(lr=stats["lr"], images_per_sec=cfg.global_batch_size * window_steps / window_time,
-                              epoch=self.data.loader.epoch)
+                images_per_sec = (cfg.global_batch_size * timed_steps / window_time if timed_steps else
+                                  cfg.global_batch_size / first_elapsed)
+                values.update(lr=stats["lr"], images_per_sec=images_per_sec, epoch=self.data.loader.epoch)
+                mfu = ""
+                if self.peak_tflops:
+                    values["mfu"] = (model_tflops(self.gflops_per_image, images_per_sec, training=True)
+                                     / (self.peak_tflops * self.env.world_size))
+                    mfu = f"  MFU {100 * values['mfu']:.1f}%"
                 self.log.metrics(self.step, values)
-                self.log.info("step %d  loss %.4f  mse %.4f  vb %.4f  grad %.3f  %.1f img/s", self.step,
+                self.log.info("step %d  loss %.4f  mse %.4f  vb %.4f  grad %.3f  %.1f img/s%s", self.step,
                               values["loss"], values["mse"], values["vb"], values["grad_norm"],
-                              values["images_per_sec"])
-                window, window_steps, window_time = {}, 0, 0.0
+                              values["images_per_sec"], mfu)
+                window, window_steps, timed_steps, window_time = {}, 0, 0, 0.0
             if self._stop:
                 self._stop_now()
             for callback in self.callbacks:
                 if self.step % callback.every == 0 or (callback.at_end and self.step == cfg.max_steps):
                     callback.fn(self)
+
+    def _log_first_step(self, elapsed: float, cache_before: dict[str, int]) -> None:
+        """Time to the first step, which compiles: cold (Inductor cache misses) or warm (hits only)."""
+        if not self.compiled:
+            self.log.info("first step in %.1f s", elapsed)
+            return
+        self.log.info("first step in %.1f s, compiling (%s scope; Inductor cache %s in %s)", elapsed,
+                      self.config.compile_scope, describe_cache(cache_before), os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
     # ---------------------------------------------------------------------------------------------
     #                                 Checkpoints and samples

@@ -1,0 +1,159 @@
+"""``torch.compile`` for LaMamba-Diff and DiT: regional compilation, the persistent Inductor cache, CUDA graphs.
+
+Scopes (``compile_model(..., scope=...)``):
+
+- ``"regional"`` (the default): the ``forward`` of each block class (``LaMambaBlock``, ``DiTBlock``) is compiled
+  once and installed on every block of the model. Dynamo keeps its graphs on that one function, so blocks of
+  the same signature (width, window shift, attention, condition projection, input shape, train/eval, grad
+  mode) share one compiled graph, and the number of graphs is the number of distinct signatures, not of
+  blocks: LaMamba-Diff-XL has 22 blocks of 8 signatures, DiT-XL/2 28 blocks of one. The glue
+  between blocks (embedders, patch merging/expanding, the final layer) runs eager. Blocks are compiled in
+  place: the model keeps its type, parameter names, ``forward_with_cfg`` and ``copy.deepcopy`` (the EMA copy
+  gets compiled blocks too), so the same model object trains and samples compiled.
+- ``"full"``: the whole model as one graph (``torch.compile(model)``): fusions across block boundaries, one
+  graph for CUDA graphs to capture, but Dynamo and Inductor process every block.
+
+Graphs are static (``dynamic=False``): a new batch size compiles the blocks again (sampling: the full batch
+and the last, smaller one). Dynamo's per-function recompile limit is raised, when compiling, to 4 graphs per
+signature (train and sample, two batch sizes each); past it a block runs eager.
+
+The Inductor cache (compiled kernels, FX graphs, AOT autograd results) persists across runs in
+``$TORCHINDUCTOR_CACHE_DIR`` if that is set, else ``$LAMAMBA_CACHE_DIR/inductor``, else
+``$XDG_CACHE_HOME/lamamba/inductor`` (``~/.cache/lamamba/inductor``) instead of PyTorch's default under
+``/tmp``, which a reboot empties. The variable is set when a model is compiled, never at import.
+
+CUDA graphs (``cuda_graphs=True``: ``mode="reduce-overhead"``) replay whole compiled graphs with one launch,
+for small models whose steps are launch-bound; shapes must stay static, and a training loop calls
+``torch.compiler.cudagraph_mark_step_begin()`` before each step (``lamamba train`` and ``lamamba bench`` do).
+Off by default: not yet measured on a GPU (docs/PERFORMANCE.md).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lamamba.models.dit import DiTBlock
+from lamamba.models.lamamba import LaMambaBlock
+
+__all__ = ["COMPILED_BLOCKS", "SCOPES", "cache_counts", "compile_model", "describe_cache", "inductor_cache_dir",
+           "resolve_compile", "use_persistent_cache"]
+
+SCOPES = ("regional", "full")
+COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
+GRAPHS_PER_SIGNATURE = 4  # train and sample, each at the full batch and one other (the last batch)
+
+# one compiled function per (block forward, compile options): every block whose class has that forward uses it
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled kernels persist (see the module docstring for the order of the variables)."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    if os.environ.get("LAMAMBA_CACHE_DIR"):
+        return Path(os.environ["LAMAMBA_CACHE_DIR"]) / "inductor"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lamamba" / "inductor"
+
+
+def use_persistent_cache() -> Path:
+    """Point Inductor at :func:`inductor_cache_dir` (sets ``TORCHINDUCTOR_CACHE_DIR`` if unset); returns it."""
+    path = inductor_cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def cache_counts() -> dict[str, int]:
+    """Inductor FX-graph cache hits and misses so far in this process (a warm start has misses == 0)."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"hits": int(inductor["fxgraph_cache_hit"]), "misses": int(inductor["fxgraph_cache_miss"])}
+
+
+def describe_cache(before: dict[str, int]) -> str:
+    """The Inductor cache since ``cache_counts()`` returned ``before``: "cold", "warm" or "partly warm", with counts."""
+    now = cache_counts()
+    hits, misses = now["hits"] - before["hits"], now["misses"] - before["misses"]
+    state = "warm" if hits and not misses else "cold" if misses and not hits else "partly warm"
+    return f"{state} ({hits} hits, {misses} misses)"
+
+
+def resolve_compile(requested: bool | None, device: torch.device, warn: Callable[[str], Any] | None = None) -> bool:
+    """``--compile`` as given, else on for CUDA devices when Triton (the compiler's GPU backend) imports."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if warn is not None:
+            warn("Triton is not installed: running without torch.compile (slower; pip install triton)")
+        return False
+    return True
+
+
+def _signature(block: nn.Module) -> tuple:
+    """What makes two blocks trace to different graphs, short of the input shape."""
+    if isinstance(block, LaMambaBlock):
+        attn = block.attn if block.has_attention else None
+        return (type(block), block.norm.normalized_shape, block.op.d_inner, block.op.d_state,
+                attn and (attn.window_size, attn.shift), not isinstance(block.condition_projection, nn.Identity))
+    return (type(block), tuple(p.shape for p in block.parameters()))
+
+
+def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:
+    """Install the shared compiled forward on every block of ``model``; returns how many blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, COMPILED_BLOCKS)]
+    if not blocks:
+        raise ValueError(f"regional compilation found no block ({', '.join(t.__name__ for t in COMPILED_BLOCKS)}) "
+                         f"in {type(model).__name__}; use scope='full'")
+    signatures = {_signature(b) for b in blocks}
+    limit = GRAPHS_PER_SIGNATURE * len(signatures)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    for block in blocks:
+        forward = type(block).forward          # the class's (a gradient-checkpointed block: the checkpointing one)
+        key = (forward, repr(sorted(compile_kwargs.items())))
+        if key not in _COMPILED:
+            _COMPILED[key] = torch.compile(forward, **compile_kwargs)
+        # a bound method on the instance: copy.deepcopy rebinds it to the copy
+        block.forward = _COMPILED[key].__get__(block)
+    return len(blocks)
+
+
+def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str = "regional",
+                  cuda_graphs: bool = False, **compile_kwargs: Any) -> nn.Module:
+    """Compile ``model`` (``scope`` "regional" or "full", see the module docstring); returns what to call.
+
+    First runs one eager forward of ``model`` at batch size 1 without gradients: it builds LaMamba-Diff's index
+    tensors (scan paths, relative-position index, shifted-window masks), cached per size and device, so that
+    compiled graphs take them as constants instead of tracing their construction on the host. ``net`` is what
+    to call when it wraps ``model`` (e.g. DistributedDataParallel): regional compilation returns it unchanged
+    (its blocks are compiled in place), full compilation compiles it. ``compile_kwargs`` go to
+    ``torch.compile`` (e.g. ``backend``, ``fullgraph``).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    cfg = model.config
+    device = next(model.parameters()).device
+    x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
+    y = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(x, t, y)
+    model.train(was_training)
+    use_persistent_cache()
+    if cuda_graphs:
+        compile_kwargs["mode"] = "reduce-overhead"
+    if scope == "full":
+        return torch.compile(net if net is not None else model, **compile_kwargs)
+    compile_kwargs.setdefault("dynamic", False)
+    _compile_blocks(model, compile_kwargs)
+    return net if net is not None else model
