@@ -241,9 +241,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     parser.add_argument("--compile", choices=("none", "auto", "all"), default="auto",
                         help="auto: DiT baselines eager and compiled, LaMamba-Diff eager; all: everything both ways")
-    parser.add_argument("--compile-scope", choices=SCOPES, default="regional",
-                        help="regional: each block class compiled once, shared by the blocks of the same shape "
-                             "(default); full: the whole model as one graph")
+    parser.add_argument("--compile-scope", choices=SCOPES, default="full",
+                        help="full: the whole model as one graph (default, as lamamba train); regional: each block "
+                             "class compiled once, shared by the blocks of the same shape")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="compile with mode='reduce-overhead' (CUDA graphs; not yet measured, off by default)")
     parser.add_argument("--fresh-cache", action="store_true",

@@ -249,9 +249,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-denoised", action="store_true",
                         help="clamp the predicted clean image to [-1, 1] at every step (ADM does for pixel-space "
                              "models; default: off, as the paper's latent models)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the network's blocks (regional compilation; default: on CUDA when "
-                             "Triton is installed, off on CPU)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the network's blocks (regional compilation; off by default until "
+                             "measured on GPUs, docs/PERFORMANCE.md)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the compiled blocks as CUDA graphs (mode reduce-overhead; not yet measured, "
                              "off by default)")

@@ -81,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on CUDA when Triton is installed, off on CPU)")
     g.add_argument("--compile-scope", choices=("regional", "full"), default=None,
-                   help="regional: each block class compiled once and shared by the blocks of the same shape, "
-                        "EMA sample grids compiled too (default); full: the whole model as one graph")
+                   help="full: the whole model as one graph (default); regional: each block class compiled "
+                        "once and shared by the blocks of the same shape, EMA sample grids compiled too")
     g.add_argument("--cuda-graphs", action="store_true", default=None,
                    help="replay compiled graphs as CUDA graphs (mode reduce-overhead; static shapes; not yet "
                         "measured, off by default)")

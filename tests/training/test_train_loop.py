@@ -131,7 +131,8 @@ def test_compiled_run_compiles_the_blocks_of_the_model_and_the_ema(tmp_path, tra
 
     monkeypatch.setattr(loop, "compile_model", eager_backend)
     run = tmp_path / "run"
-    assert train_tiny(run, "--max-steps", 2, "--compile", "--sample-every", 2, "--sample-num", 2,
+    assert train_tiny(run, "--max-steps", 2, "--compile", "--compile-scope", "regional", "--sample-every", 2,
+                      "--sample-num", 2,
                       "--sample-steps", 1) == 0
     model, ema = compiled                                       # the trained model, then the EMA copy
     assert all(b.forward.__self__ is b for b in [*model.blocks(), *ema.blocks()])

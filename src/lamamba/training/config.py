@@ -81,8 +81,8 @@ class TrainConfig:
     max_steps: int = 400_000
     precision: str = "auto"               # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"
     compile: bool | None = None           # torch.compile; None: on CUDA when Triton is importable (Trainer)
-    compile_scope: str = "regional"       # "regional": each block class compiled once, shared by same-shape
-                                          # blocks (seconds, and the EMA's sample grids too); "full": one graph
+    compile_scope: str = "full"           # "full": one graph (measured on GPUs); "regional": each block class
+                                          # compiled once, shared by same-shape blocks (CPU-tested, not yet timed)
     cuda_graphs: bool = False             # CUDA graphs (compile mode "reduce-overhead"); not yet measured: off
     peak_tflops: float | None = None      # the card's peak dense bf16 TFLOP/s for MFU (None: by card name)
     grad_checkpointing: bool = False
