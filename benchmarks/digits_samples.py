@@ -15,6 +15,8 @@ Samples are ``n / 10`` per class, sample i of the run seed 0 with label ``i // (
 * ``range``: share of samples with a raw pixel outside [-1.1, 1.1] before the clamp;
 * ``noise``: share of *noise samples*: mean absolute difference between horizontal neighbours above the
   largest of any real digit (0.345); ``lowconf``: the classifier's top probability below 0.3;
+* with ``--eps-probe``, per checkpoint: the EMA model's eps estimate at t = 999 on the initial noise of the
+  samples, averaged over pixels binned by their value x_t (the right answer is x_t to within 0.006);
 * ``div``: mean pairwise L2 distance of same-class samples / the same for real digits of that class,
   averaged over classes; ``dup``: share of same-class sample pairs closer than the closest real pair of
   that class (near-identical images).
@@ -34,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
 from lamamba.data import build_dataset
 from lamamba.diffusion import create_diffusion
-from lamamba.sample import generate
+from lamamba.sample import generate, sample_seed
 
 
 def to_8x8(images: torch.Tensor) -> np.ndarray:
@@ -92,6 +94,19 @@ class Judge:
                     div=float(np.mean(div)), dup=float(np.mean(dup)))
 
 
+@torch.no_grad()
+def eps_probe(model: torch.nn.Module, labels: torch.Tensor, seed: int, t: int = 999) -> str:
+    """Mean eps estimate at step ``t`` on the samples' initial noise, binned by the pixel value (see above)."""
+    shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
+    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, i)))
+                     for i in range(len(labels))])
+    eps = model(x, torch.full((len(x),), t), labels)[:, :shape[0]].flatten()
+    x = x.flatten()
+    bins = [(lo, (x >= lo) & (x < lo + 0.5)) for lo in (-4.5, -4.0, -3.5, -3.0, 0.0, 3.0, 3.5, 4.0)]
+    return " ".join(f"[{lo:+.1f},{lo + 0.5:+.1f}): x {x[m].mean():+.2f} eps {eps[m].mean():+.2f}"
+                    for lo, m in bins if m.any())
+
+
 def parse_setting(text: str) -> dict:
     sampler, steps, cfg, clip, weights = text.split(":")
     if weights not in ("ema", "raw"):
@@ -110,6 +125,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--json", default=None, help="append one JSON line per result to this file")
     parser.add_argument("--save", default=None, help="save the raw samples of each result to PREFIX-<k>.pt")
+    parser.add_argument("--eps-probe", action="store_true", help="print the eps estimate at t = 999 by pixel value")
     args = parser.parse_args()
 
     judge = Judge()
@@ -121,6 +137,9 @@ def main() -> None:
     for step in steps:
         info = load_checkpoint_info(checkpoints[step])
         diffusion = create_diffusion(**info["diffusion"])
+        if args.eps_probe:
+            probe = eps_probe(load_pretrained(checkpoints[step]), labels, args.seed)
+            print(f"step {step}, eps at t = 999 by x_t: {probe}")
         for setting in map(parse_setting, args.settings.split(",")):
             model = load_pretrained(checkpoints[step], use_ema=setting["use_ema"]).eval()
             tic = time.perf_counter()
