@@ -113,8 +113,7 @@ def test_any_divisible_size_and_one_channel(image_size):
 ABLATIONS = [dict(attention="none"), dict(shift=False), dict(attention="global"), dict(skip="concat"),
              dict(num_downsamples=1), dict(num_downsamples=3, depths=(2, 2, 2, 2), image_size=32),
              dict(depths=(1, 2, 3, 1), decoder_depths=(1, 1, 1, 1)), dict(layout="isotropic", patch_size=2),
-             dict(layout="isotropic", patch_size=1, isotropic_depth=2), dict(d_state=4), dict(learn_sigma=False),
-             dict(patch_norm=False)]
+             dict(layout="isotropic", patch_size=1, isotropic_depth=2), dict(d_state=4), dict(learn_sigma=False)]
 
 
 @pytest.mark.parametrize("overrides", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -140,9 +139,6 @@ def test_ablation_structure():
     assert glob.layers[0].blocks[0].attn.window_size == 16 and glob.layers[1].blocks[0].attn.window_size == 8
     one = tiny("LaMamba-Diff-S", num_downsamples=1)
     assert one.dims == [8, 16, 16, 16] and one.sides == [16, 8, 8, 8]
-    plain = tiny("LaMamba-Diff-S", patch_norm=False)  # the embedded tokens are the convolution's output
-    assert isinstance(plain.patch_embed["norm"], torch.nn.Identity)
-    assert not any(k.startswith("patch_embed.norm") for k in plain.state_dict())
     # decoder depths follow the Stable Diffusion rule (+1, empty stages stay empty)
     s = tiny("LaMamba-Diff-S")
     assert [len(st.blocks) for st in s.layers_up] == [0, 3, 3, 3] and len(s.mid_layer.blocks) == 1
@@ -230,7 +226,6 @@ def test_ss2d_initialisation():
     (lambda: lamamba.create_model("LaMamba-Diff-S", image_size=100), "not divisible by the autoencoder"),
     (lambda: lamamba.create_model("LaMamba-Diff-S", colour="red"), "unknown option"),
     (lambda: lamamba.create_model("LaMamba-Diff-S", attention="sparse"), "attention must be"),
-    (lambda: lamamba.create_model("LaMamba-Diff-S", patch_norm="no"), "patch_norm must be true or false"),
     (lambda: lamamba.create_model("DiT-S/2", image_size=24, latent_downsample=1, **TINY["DiT"],
                                   patch_size=5), "not divisible by the patch size"),
 ])

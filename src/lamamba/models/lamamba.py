@@ -43,9 +43,6 @@ class LaMambaConfig:
     skip: str = "add"                          # U-Net skips: "add" | "concat" (Table 7)
     layout: str = "unet"                       # "unet" | "isotropic" (Table 7: DiT-like stack of LaMamba blocks)
     patch_size: int = 1                        # tokens are patch_size x patch_size pixels of the input
-    patch_norm: bool = True                    # LayerNorm after the patch embedding (released code). False: none,
-                                               # as DiT; the token then keeps the input's magnitude (not a paper
-                                               # option; see docs/RESULTS.md, digits demo)
     isotropic_depth: int = 8                   # blocks in the isotropic layout (width embed_dim)
     learn_sigma: bool = True                   # output 2C channels: noise and variance interpolation
     class_dropout_prob: float = 0.1
@@ -92,7 +89,7 @@ class LaMambaConfig:
         if int(self.ssm_ratio * self.embed_dim) < 1 or int(self.mlp_ratio * self.embed_dim) < 1:
             raise ValueError(f"LaMamba-Diff: ssm_ratio and mlp_ratio x embed_dim {self.embed_dim} must give a "
                              "width of at least 1")
-        for name in ("shift", "learn_sigma", "patch_norm"):
+        for name in ("shift", "learn_sigma"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LaMamba-Diff: {name} must be true or false, got {getattr(self, name)!r}")
         if self.layout not in ("unet", "isotropic"):
@@ -323,7 +320,7 @@ class LaMambaDiff(ClassifierFreeGuidanceMixin, nn.Module):
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.cond_dim,
                                         cfg.class_dropout_prob if cfg.num_classes > 0 else 0.0)
         self.patch_embed = nn.ModuleDict(dict(proj=nn.Conv2d(cfg.in_channels, D0, kernel_size=p, stride=p),
-                                              norm=nn.LayerNorm(D0) if cfg.patch_norm else nn.Identity()))
+                                              norm=nn.LayerNorm(D0)))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid, self.grid, D0))
 
         if cfg.layout == "isotropic":
