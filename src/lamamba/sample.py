@@ -32,8 +32,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["add_arguments", "run", "generate", "sample_seed", "shard_range", "to_uint8", "make_grid",
-           "save_grid", "write_npz"]
+__all__ = ["add_arguments", "run", "generate", "clip_default", "sample_seed", "shard_range", "to_uint8",
+           "make_grid", "save_grid", "write_npz"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,7 +88,8 @@ def generate(
     classifier-free guidance through ``model.forward_with_cfg``. ``sampler``/``steps`` as
     ``GaussianDiffusion.sample`` (DDIM deterministic, eta 0). ``autocast_dtype`` (e.g. ``torch.bfloat16``)
     runs the network under autocast; the diffusion arithmetic stays float32. ``clip_denoised`` clamps every
-    prediction of the clean image to [-1, 1] (ADM's choice for pixel-space models; off in latent space).
+    prediction of the clean image to [-1, 1] (ADM's choice for pixel-space models; off in latent space; the
+    CLI and the training grids choose it with :func:`clip_default`).
     """
     from lamamba.diffusion import DEFAULT_STEPS, SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise
     from lamamba.diffusion import evenly_spaced_timesteps
@@ -246,9 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="network precision; bf16 runs it under autocast (default: fp32)")
-    parser.add_argument("--clip-denoised", action="store_true",
-                        help="clamp the predicted clean image to [-1, 1] at every step (ADM does for pixel-space "
-                             "models; default: off, as the paper's latent models)")
+    parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                        help="clamp the predicted clean image to [-1, 1] at every step (default: on for pixel-space "
+                             "models, as ADM, off for latent models, as the paper; see docs/RESULTS.md, digits demo)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the network's blocks (regional compilation; off by default until "
                              "measured on GPUs, docs/PERFORMANCE.md)")
@@ -309,6 +310,18 @@ def _guidance(cfg_scale: float | None, num_classes: int) -> float:
     return 1.5 if cfg_scale is None else cfg_scale
 
 
+def clip_default(info: dict) -> bool:
+    """Whether sampling clamps the predicted clean image by default: in pixel space yes, in latent space no.
+
+    In pixel space the data lie in [-1, 1]. At the noisiest steps an eps-prediction's x0 estimate
+    ``(x_t - sigma eps) / alpha`` magnifies any error of eps by sigma / alpha (156 at the linear schedule's
+    last step), and a small model under-predicts the rare extreme values of the initial noise; unclamped, such
+    a pixel's estimate lands at +-100 and the sampler carries it to the end (docs/RESULTS.md, digits demo).
+    Latents have no fixed range, so they are never clamped.
+    """
+    return not info.get("latent")
+
+
 def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: int) -> Path:
     parts = checkpoint.resolve().parts
     run = parts[-3] if len(parts) >= 3 and parts[-2] == "checkpoints" else checkpoint.stem
@@ -342,6 +355,8 @@ def run(args: argparse.Namespace) -> int:
         diffusion = create_diffusion(**info["diffusion"])
         n, labels = _labels(args, model.config.num_classes)
         args.cfg_scale = _guidance(args.cfg_scale, model.config.num_classes)
+        if args.clip_denoised is None:
+            args.clip_denoised = clip_default(info)
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)
@@ -384,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
             if args.npz:
                 write_npz(out / "samples.npz", shards, None if labels is None else labels.numpy())
             written = ["grid.png"] * bool(len(first)) + ["samples.npz"] * args.npz + ["images/"] * args.save_images
-            print(f"{n} samples ({args.sampler}, {steps} steps, cfg {args.cfg_scale:g}) -> {out}: "
+            print(f"{n} samples ({args.sampler}, {steps} steps, cfg {args.cfg_scale:g}"
+                  f"{', clipped x0' if args.clip_denoised else ''}) -> {out}: "
                   f"{', '.join(written) or 'nothing (use --grid-max, --npz or --save-images)'}")
         barrier()
     finally:

@@ -144,3 +144,16 @@ def test_guidance_for_an_unconditional_model_is_an_error(tmp_path):
     # without --cfg-scale an unconditional model samples unguided
     assert sample.main([str(ckpt), "--num-samples", "2", "--steps", "2", "--sampler", "ddim",
                         "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+
+
+def test_clip_denoised_defaults_to_on_in_pixel_space(checkpoint, tmp_path):
+    assert sample.clip_default({"latent": None}) and not sample.clip_default({"latent": {"vae": "v", "scale": 0.18}})
+    images = {}
+    for flag in ([], ["--clip-denoised"], ["--no-clip-denoised"]):
+        out = tmp_path / (flag[0] if flag else "default")
+        assert sample.main([str(checkpoint), "--num-samples", "2", "--labels", "4", "--sampler", "ddim", "--steps",
+                            "3", "--npz", "--out", str(out), "--no-progress", *flag]) == 0
+        with np.load(out / "samples.npz") as data:
+            images[out.name] = data["arr_0"]
+    assert np.array_equal(images["default"], images["--clip-denoised"])  # the checkpoint is a pixel-space model
+    assert not np.array_equal(images["default"], images["--no-clip-denoised"])

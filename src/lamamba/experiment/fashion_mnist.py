@@ -232,9 +232,8 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
             "--labels", ",".join(map(str, range(NUM_CLASSES))), "--sampler", cfg.sampler,
             "--steps", str(cfg.sample_steps), "--cfg-scale", "1", "--seed", "0",
             "--batch-size", str(cfg.sample_batch), "--npz", "--grid-max", "100", "--out", str(out),
-            "--device", cfg.device, "--precision", "bf16" if cuda else "fp32", "--no-progress"]
-    if cfg.clip_denoised:
-        argv.append("--clip-denoised")
+            "--device", cfg.device, "--precision", "bf16" if cuda else "fp32", "--no-progress",
+            "--clip-denoised" if cfg.clip_denoised else "--no-clip-denoised"]
     tic = time.time()
     sample.run(_parse(sample, argv))
     (out / "sample.json").write_text(json.dumps(dict(command="lamamba sample " + " ".join(argv),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lamamba.sample import generate, shard_range, to_uint8
+from lamamba.sample import clip_default, generate, shard_range, to_uint8
 from lamamba.training.distributed import all_gather_objects, barrier
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ class SampleQualityCallback:
             z = generate(trainer.ema.model, trainer.diffusion, indices=idx,
                          labels=None if self.labels is None else self.labels[idx.start:idx.stop],
                          seed=cfg.seed, sampler=cfg.eval_sampler, steps=cfg.eval_steps, cfg_scale=cfg.eval_cfg,
-                         device=env.device, autocast_dtype=trainer.autocast_dtype)
+                         device=env.device, autocast_dtype=trainer.autocast_dtype,
+                         clip_denoised=clip_default(trainer.data.info))
             images.append(to_uint8(decode(z)))
         shards = all_gather_objects(np.concatenate(images) if images else None)  # a rank may get none
         if env.is_main:

@@ -43,7 +43,7 @@ from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
 from lamamba.models.compile import cache_counts, describe_cache, resolve_compile
-from lamamba.sample import generate, sample_seed, save_grid, to_uint8
+from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
 from lamamba.training.data import build_training_data, forever
@@ -399,7 +399,8 @@ class Trainer:
             z = generate(self.ema.model, self.diffusion, indices=idx,
                          labels=None if labels is None else labels[start:idx.stop], seed=cfg.seed,
                          sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
-                         device=self.env.device, autocast_dtype=self.autocast_dtype)
+                         device=self.env.device, autocast_dtype=self.autocast_dtype,
+                         clip_denoised=clip_default(self.data.info))
             images.append(to_uint8(decode(z)))
         k = self.data.info["num_classes"]
         nrow = k if 0 < k <= 16 and cfg.sample_num % k == 0 else None
