@@ -250,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
                         help="clamp the predicted clean image to [-1, 1] at every step (default: on for pixel-space "
                              "models, as ADM, off for latent models, as the paper; see docs/RESULTS.md, digits demo)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the network's blocks (regional compilation; off by default until "
                              "measured on GPUs, docs/PERFORMANCE.md)")
     parser.add_argument("--cuda-graphs", action="store_true",
@@ -346,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = resolve_checkpoint(args.checkpoint)
         info = load_checkpoint_info(checkpoint)
         model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=env.device)
-        if resolve_compile(args.compile, env.device, lambda message: print(message, file=sys.stderr)):
+        # off unless asked for (None = not given), until compiled sampling is measured on GPUs
+        if resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr)):
             if args.cuda_graphs and env.device.type != "cuda":
                 raise ValueError("--cuda-graphs needs a CUDA device")
             compile_model(model, cuda_graphs=args.cuda_graphs)  # the blocks in place: forward_with_cfg uses them

@@ -117,15 +117,11 @@ def test_checkpoints_follow_the_umask(tmp_path, train_tiny):
 def test_cpu_threads_default_leaves_busy_cores_alone(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(distributed, "_own_load", lambda: 0.0)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))
+    monkeypatch.setattr(distributed, "_busy_cores", lambda: 1.1)
     assert cpu_threads() == 1                     # one other CPU-bound process on two cores
-    monkeypatch.setattr(distributed, "_own_load", lambda: 1.0)
-    assert cpu_threads() == 2                     # ... or this busy process itself (a test run, a notebook)
-    monkeypatch.setattr(distributed, "_own_load", lambda: 0.0)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(distributed, "_busy_cores", lambda: 0.0)
     assert cpu_threads() == 2 and cpu_threads(processes=2) == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(distributed, "_busy_cores", lambda: 9.0)
     assert cpu_threads() == 1
     assert cpu_threads(3) == 3                    # --threads wins
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
@@ -134,12 +130,17 @@ def test_cpu_threads_default_leaves_busy_cores_alone(monkeypatch):
         cpu_threads(0)
 
 
-def test_own_load_is_this_process_share_of_the_load_average():
-    t0 = time.process_time()
-    while time.process_time() - t0 < 0.2:          # busy for a moment
-        pass
-    assert 0.0 <= distributed._own_load() <= (os.cpu_count() or 1) + 0.5
-
+def test_busy_cores_sees_a_busy_process_and_not_a_finished_one():
+    import subprocess
+    import sys
+    assert 0.0 <= distributed._busy_cores() <= (os.cpu_count() or 1)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert distributed._busy_cores(0.3) > 0.5   # one core spinning
+    finally:
+        spin.kill()
+        spin.wait()
 
 def test_numbered_runs_are_not_wasted_by_failed_starts(tmp_path, capsys):
     from lamamba import cli

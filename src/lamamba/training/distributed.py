@@ -7,6 +7,7 @@ helper below is a no-op (or the identity) without a process group, so the loop h
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,9 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
 def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
     """The CPU threads one process uses: ``requested``, else ``OMP_NUM_THREADS``, else the idle cores.
 
-    Idle cores: the cores this process may use, divided among ``processes`` local processes, minus the
-    1-minute load average that other work causes (this process's own share of it, ``_own_load``, does not
-    count), at least 1. torch's default (every core) oversubscribes a busy machine: with one other CPU-bound
-    process on 2 cores the demo ran 15x slower than with one thread.
+    Idle cores: the cores this process may use, divided among ``processes`` local processes, minus the cores that
+    other work keeps busy right now (``_busy_cores``), at least 1. torch's default (every core) oversubscribes a
+    busy machine: with one other CPU-bound process on 2 cores the demo ran 15x slower than with one thread.
     """
     if requested is not None:
         if requested < 1:
@@ -72,26 +72,29 @@ def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = round(max(0.0, os.getloadavg()[0] - _own_load()))
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(cores // max(1, processes), cores - busy))
+    return max(1, min(cores // max(1, processes), cores - round(_busy_cores())))
 
 
-def _own_load() -> float:
-    """This process's share of the 1-minute load average: its mean CPU use (CPU seconds over its lifetime) times
-    the part of the last minute it has existed. 0 where the start time is unknown (no /proc)."""
+def _busy_cores(window_s: float = 0.1) -> float:
+    """Cores kept busy by other work now: the machine's non-idle share over ``window_s`` (while this process
+    sleeps) times its cores, from /proc/stat; elsewhere the 1-minute load average. Unlike the load average
+    alone, a job that just ended (a pip install, a test run) does not count for the next minute."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields[:8]), fields[3] + fields[4]           # all time, idle + iowait (jiffies)
     try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
+        total0, idle0 = snapshot()
+        time.sleep(window_s)
+        total1, idle1 = snapshot()
     except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    if total1 <= total0:
         return 0.0
-    lifetime = max(1e-3, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    t = os.times()
-    return (t.user + t.system) / lifetime * min(1.0, lifetime / 60.0)
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
 def set_cpu_threads(requested: int | None, device: torch.device, processes: int = 1) -> int | None:
