@@ -76,25 +76,29 @@ def cpu_threads(requested: int | None = None, processes: int = 1) -> int:
 
 
 def _busy_cores(window_s: float = 0.1) -> float:
-    """Cores kept busy by other work now: the machine's non-idle share over ``window_s`` (while this process
-    sleeps) times its cores, from /proc/stat; elsewhere the 1-minute load average. Unlike the load average
-    alone, a job that just ended (a pip install, a test run) does not count for the next minute."""
+    """Cores kept busy by other processes now: the machine's non-idle share over ``window_s`` times its cores,
+    from /proc/stat, less what this process used meanwhile (its idle-spinning OpenMP threads, say); elsewhere
+    the 1-minute load average. Unlike the load average, a job that just ended (a pip install, a test run) does
+    not count for the next minute."""
     def snapshot() -> tuple[int, int]:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
         return sum(fields[:8]), fields[3] + fields[4]           # all time, idle + iowait (jiffies)
     try:
         total0, idle0 = snapshot()
+        own0, wall0 = time.process_time(), time.monotonic()
         time.sleep(window_s)
         total1, idle1 = snapshot()
+        own1, wall1 = time.process_time(), time.monotonic()
     except (OSError, ValueError, IndexError):
         try:
             return os.getloadavg()[0]
         except (AttributeError, OSError):
             return 0.0
-    if total1 <= total0:
+    if total1 <= total0 or wall1 <= wall0:
         return 0.0
-    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+    machine = (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+    return max(0.0, machine - (own1 - own0) / (wall1 - wall0))
 
 
 def set_cpu_threads(requested: int | None, device: torch.device, processes: int = 1) -> int | None:
