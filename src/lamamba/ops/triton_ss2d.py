@@ -147,6 +147,15 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     return (B, C) if B.stride() == C.stride() else (B.contiguous(), C.contiguous())
 
 
+def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Tensor, ...], _Plan, torch.dtype]:
+    """The inputs as the kernels read them (channels-last signals, B and C with equal strides, contiguous
+    parameters), the launch plan and the accumulation dtype; shared by the forward and backward ops."""
+    _check_device(x.device)
+    B, C = _bc(B, C)
+    inputs = (_channels_last(x), _channels_last(delta), A.contiguous(), B, C, D.contiguous(), delta_bias.contiguous())
+    return inputs, _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device), _acc_dtype(x.dtype)
+
+
 # ------------------------------------------------------------------------------------------------
 #                                        Custom ops
 # ------------------------------------------------------------------------------------------------
@@ -155,12 +164,7 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
          H: int, W: int, save_states: bool) -> tuple[Tensor, Tensor]:
     """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward."""
-    _check_device(x.device)
-    x, delta = _channels_last(x), _channels_last(delta)
-    B, C = _bc(B, C)
-    A, D, delta_bias = A.contiguous(), D.contiguous(), delta_bias.contiguous()
-    plan = _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device)
-    acc = _acc_dtype(x.dtype)
+    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     ys = x.new_empty((x.shape[0], H * W, K, x.shape[2]))
     ckpt = x.new_empty((x.shape[0], K, plan.n_tiles, plan.d, plan.N) if save_states else (0,), dtype=acc)
     carry = plan.carry(x, acc)
@@ -184,12 +188,8 @@ def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
 def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
-    _check_device(x.device)
-    x, delta, dys = _channels_last(x), _channels_last(delta), _channels_last(dys)
-    B, C = _bc(B, C)
-    A, D, delta_bias = A.contiguous(), D.contiguous(), delta_bias.contiguous()
-    plan = _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device)
-    acc = _acc_dtype(x.dtype)
+    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
+    dys = _channels_last(dys)
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
     ddelta = torch.empty_like(delta)
@@ -205,8 +205,8 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if plan.n_chunks > 1:
         kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, **meta)
     kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, **meta)
-    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
-            dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
+    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
+            dC.sum(0).to(C.dtype), dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
 
 @_bwd.register_fake
