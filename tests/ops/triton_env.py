@@ -1,18 +1,15 @@
 """How the Triton tests run: interpreted on CPU machines, compiled on GPU machines.
 
-Triton fixes "compile or interpret" when it is first imported; tests/conftest.py asks for the interpreter
-(TRITON_INTERPRET=1) before anything imports triton when no CUDA device is present (and so does this module,
-for a file run on its own). If triton was imported compiled on a machine without CUDA, the interpreter tests
-skip with the reason, and the GPU tests (marker ``gpu``, real model shapes) run only with CUDA.
+Triton fixes "compile or interpret" when it is first imported; tests/conftest.py (loaded before any test
+module, also when one file is run alone) asks for the interpreter (TRITON_INTERPRET=1) when no CUDA device is
+present. If triton was imported compiled on a machine without CUDA, the interpreter tests skip with the reason,
+and the GPU tests (marker ``gpu``, real model shapes) run only with CUDA.
 """
 import os
-import sys
 
 import pytest
 import torch
 
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
 from triton.runtime.jit import JITFunction  # noqa: E402
