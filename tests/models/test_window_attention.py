@@ -7,7 +7,7 @@ import torch
 from lamamba.ops.window_attention import window_attention
 
 
-def naive_window_attention(x, qkv_w, qkv_b, proj_w, proj_b, table, heads, window, shift):
+def naive_window_attention(x, qkv_w, qkv_b, proj_w, proj_b, table, heads, window, shift, qk_norm=None):
     B, H, W, C = x.shape
     wh, ww = min(window, H), min(window, W)
     sh = shift if H > window else 0
@@ -28,7 +28,11 @@ def naive_window_attention(x, qkv_w, qkv_b, proj_w, proj_b, table, heads, window
                 res = []
                 for h in range(heads):
                     sl = slice(h * hd, (h + 1) * hd)
-                    logits = q[:, sl] @ k[:, sl].T / math.sqrt(hd)
+                    qh, kh = q[:, sl], k[:, sl]
+                    if qk_norm is not None:  # per-token standardisation over the head's channels, then affine
+                        std = lambda a: (a - a.mean(-1, keepdim=True)) / torch.sqrt(a.var(-1, unbiased=False, keepdim=True) + 1e-5)
+                        qh, kh = std(qh) * qk_norm[0] + qk_norm[1], std(kh) * qk_norm[2] + qk_norm[3]
+                    logits = qh @ kh.T / math.sqrt(hd)
                     for a, (ia, ja) in enumerate(coords):
                         for c, (ic, jc) in enumerate(coords):
                             rel = (ia - ic + window - 1) * (2 * window - 1) + (ja - jc + window - 1)
@@ -94,3 +98,37 @@ def test_cuda_fused_path_matches_float64(C, heads, shift):
         assert ((out.double().cpu() - ref).norm() / ref.norm()) < tol
         for a, r in zip(grads, ref_grads):
             assert ((a.double().cpu() - r).norm() / r.norm()) < tol
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_qk_norm_matches_naive(shift):
+    """The opt-in LaMambaConfig.qk_norm: queries and keys layer-normalised per head (values and gradients)."""
+    torch.manual_seed(1)
+    C, heads, window = 8, 2, 4
+    hd = C // heads
+    x = torch.randn(2, 8, 8, C, dtype=torch.float64) * 3
+    params = [torch.randn(3 * C, C, dtype=torch.float64) * 0.3, torch.randn(3 * C, dtype=torch.float64),
+              torch.randn(C, C, dtype=torch.float64) * 0.3, torch.randn(C, dtype=torch.float64),
+              torch.randn((2 * window - 1) ** 2, heads, dtype=torch.float64)]
+    norm = [1 + 0.1 * torch.randn(hd, dtype=torch.float64), 0.1 * torch.randn(hd, dtype=torch.float64),
+            1 + 0.1 * torch.randn(hd, dtype=torch.float64), 0.1 * torch.randn(hd, dtype=torch.float64)]
+    norm = [p.requires_grad_(True) for p in norm]
+    out = window_attention(x, *params[:4], params[4], heads, window, shift, qk_norm=tuple(norm))
+    ref = naive_window_attention(x, *params, heads, window, shift, qk_norm=norm)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, norm, g), torch.autograd.grad(ref, norm, g))
+
+
+def test_qk_norm_bounds_logits_of_large_inputs():
+    """With qk_norm the largest attention logit no longer grows with the input scale."""
+    from lamamba.models.lamamba import WindowAttention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(16, 2, 4, 0, qk_norm=True).double()
+    torch.nn.init.zeros_(attn.qkv.bias)
+    x = torch.randn(1, 4, 4, 16, dtype=torch.float64)
+    small, big = attn(x), attn(100 * x)
+    assert torch.isfinite(big).all()
+    # the attention pattern is scale-free; only the values (v) scale: out(100x) - proj.bias = 100 (out(x) - bias)
+    torch.testing.assert_close(big - attn.proj.bias, 100 * (small - attn.proj.bias), rtol=1e-2, atol=1e-2)  # LN eps

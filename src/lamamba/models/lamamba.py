@@ -40,6 +40,8 @@ class LaMambaConfig:
     num_downsamples: int = 2                   # patch mergings after encoder stages 1..k (Table 7: 1x / 2x / 3x)
     attention: str = "window"                  # "window" | "global" | "none" (Table 5)
     shift: bool = True                         # alternate window shift on odd blocks (Table 5 "w/o shifting")
+    qk_norm: bool = False                      # LayerNorm on queries and keys per head (not in the paper; opt-in
+                                               # remedy for the failed samples, docs/RESULTS.md)
     skip: str = "add"                          # U-Net skips: "add" | "concat" (Table 7)
     layout: str = "unet"                       # "unet" | "isotropic" (Table 7: DiT-like stack of LaMamba blocks)
     patch_size: int = 1                        # tokens are patch_size x patch_size pixels of the input
@@ -89,7 +91,7 @@ class LaMambaConfig:
         if int(self.ssm_ratio * self.embed_dim) < 1 or int(self.mlp_ratio * self.embed_dim) < 1:
             raise ValueError(f"LaMamba-Diff: ssm_ratio and mlp_ratio x embed_dim {self.embed_dim} must give a "
                              "width of at least 1")
-        for name in ("shift", "learn_sigma"):
+        for name in ("shift", "learn_sigma", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LaMamba-Diff: {name} must be true or false, got {getattr(self, name)!r}")
         if self.layout not in ("unet", "isotropic"):
@@ -176,18 +178,24 @@ class SS2D(nn.Module):
 class WindowAttention(nn.Module):
     """Swin (shifted-)window multi-head self-attention with a relative position bias (paper section 4.1)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int):
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, qk_norm: bool = False):
         super().__init__()
         self.num_heads, self.window_size, self.shift = num_heads, window_size, shift
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        # optional: queries and keys layer-normalised per head (bounded logits; Dehghani et al. 2023)
+        self.q_norm = nn.LayerNorm(dim // num_heads) if qk_norm else None
+        self.k_norm = nn.LayerNorm(dim // num_heads) if qk_norm else None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:                                       # (N, H, W, D)
+        qk_norm = None
+        if self.q_norm is not None:
+            qk_norm = (self.q_norm.weight, self.q_norm.bias, self.k_norm.weight, self.k_norm.bias)
         return window_attention(x, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
                                 self.relative_position_bias_table, self.num_heads, self.window_size,
-                                self.shift)
+                                self.shift, qk_norm=qk_norm)
 
 
 #################################################################################
@@ -203,7 +211,8 @@ class LaMambaBlock(nn.Module):
     """
 
     def __init__(self, dim: int, cond_dim: int, num_heads: int, window_size: int, shift: int,
-                 attention: bool, d_state: int, ssm_ratio: float, mlp_ratio: float, project_condition: bool):
+                 attention: bool, d_state: int, ssm_ratio: float, mlp_ratio: float, project_condition: bool,
+                 qk_norm: bool = False):
         super().__init__()
         self.condition_projection = nn.Linear(cond_dim, dim) if project_condition else nn.Identity()
         self.norm = nn.LayerNorm(dim)
@@ -211,7 +220,7 @@ class LaMambaBlock(nn.Module):
         self.has_attention = attention
         if attention:
             self.norm_swin = nn.LayerNorm(dim)
-            self.attn = WindowAttention(dim, num_heads, window_size, shift)
+            self.attn = WindowAttention(dim, num_heads, window_size, shift, qk_norm)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mod = 9 if attention else 6
@@ -273,7 +282,7 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList([
             LaMambaBlock(dim, cfg.cond_dim, cfg.num_heads, window_size, shift if i % 2 else 0,
                          cfg.attention != "none", cfg.d_state, cfg.ssm_ratio, cfg.mlp_ratio,
-                         project_condition=decoder or dim != cfg.cond_dim)
+                         project_condition=decoder or dim != cfg.cond_dim, qk_norm=cfg.qk_norm)
             for i in range(depth)])
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:

@@ -80,8 +80,11 @@ def window_reverse(windows: Tensor, wh: int, ww: int, H: int, W: int) -> Tensor:
 
 def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, proj_weight: Tensor,
                      proj_bias: Tensor | None, bias_table: Tensor, num_heads: int, window: int,
-                     shift: int) -> Tensor:
+                     shift: int, qk_norm: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Shifted-window attention with relative position bias on a (B, H, W, C) map.
+
+    ``qk_norm`` = (q weight, q bias, k weight, k bias): layer-normalise queries and keys per head over
+    ``head_dim`` before the dot product (opt-in ``LaMambaConfig.qk_norm``; not in the released model).
 
     ``bias_table``: ((2*window-1)**2, heads). Attention logits are ``q k^T / sqrt(head_dim) + bias``,
     with logits between tokens of different shifted regions removed (Swin adds -100; we mask them out
@@ -100,6 +103,9 @@ def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, pro
     qkv = F.linear(windows, qkv_weight, qkv_bias).view(B, n_win, N, 3, num_heads, hd)
     # windows folded into the head axis: (B, nW*h, N, hd), so one (nW*h, N, N) bias broadcasts over the batch
     q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B, n_win * num_heads, N, hd).unbind(0)
+    if qk_norm is not None:
+        q = F.layer_norm(q, (hd,), qk_norm[0], qk_norm[1])
+        k = F.layer_norm(k, (hd,), qk_norm[2], qk_norm[3])
     index = relative_position_index(wh, ww, window, x.device)
     bias = bias_table[index.view(-1)].view(N, N, num_heads).permute(2, 0, 1).to(q.dtype)  # (h, N, N)
     mask = shifted_window_mask(Hp, Wp, wh, ww, sh, sw, x.device)
