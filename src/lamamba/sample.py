@@ -1,9 +1,9 @@
 """``lamamba sample``: images from a checkpoint as a PNG grid, individual PNGs and an ADM-style ``.npz``.
 
 Every sample's randomness comes from its own generator, seeded from ``(seed, sample index)``: its initial
-noise and, for DDPM, the noise of every ancestral step. A sample therefore does not depend on the batch size
-or on how many processes share the work: under ``torchrun`` each rank takes a contiguous block of indices,
-writes its images to a shard, and rank 0 assembles ONE grid and ONE ``.npz`` in index order.
+noise and, for DDPM and DPM-Solver++(2M) SDE, the noise of every step. A sample therefore does not depend on
+the batch size or on how many processes share the work: under ``torchrun`` each rank takes a contiguous block of
+indices, writes its images to a shard, and rank 0 assembles ONE grid and ONE ``.npz`` in index order.
 
 The ``.npz`` follows ADM's ``image_sample.py``: ``arr_0`` uint8 images (N, H, W, C) and, for class-conditional
 models, ``arr_1`` int64 labels. Pixels are quantised as DiT/ADM do: ``uint8(clamp(127.5 x + 128, 0, 255))``.
@@ -86,7 +86,8 @@ def generate(
 
     ``labels`` (one per index; ignored by unconditional models) condition the model; ``cfg_scale != 1`` uses
     classifier-free guidance through ``model.forward_with_cfg``. ``sampler``/``steps`` as
-    ``GaussianDiffusion.sample`` (DDIM deterministic, eta 0). ``autocast_dtype`` (e.g. ``torch.bfloat16``)
+    ``GaussianDiffusion.sample`` (DDIM deterministic, eta 0; dpm++2m-sde eta 1, its step noise from the
+    per-sample generators like DDPM's). ``autocast_dtype`` (e.g. ``torch.bfloat16``)
     runs the network under autocast; the diffusion arithmetic stays float32. ``clip_denoised`` clamps every
     prediction of the clean image to [-1, 1] (ADM's choice for pixel-space models; off in latent space; the
     CLI and the training grids choose it with :func:`clip_default`).
@@ -124,10 +125,25 @@ def generate(
         out = _ancestral(diffusion.respace(evenly_spaced_timesteps(diffusion.num_timesteps, steps)), model_fn,
                          noise, kwargs, generators, shape, doubled=guided, clip_denoised=clip_denoised,
                          progress=progress)
+    elif sampler == "dpm++2m-sde":
+        out = diffusion.dpm_solver_sde_sample_loop(
+            model_fn, None, noise, steps=steps, model_kwargs=kwargs, clip_denoised=clip_denoised, progress=progress,
+            noise_fn=_step_noise(generators, shape, device, doubled=guided))
     else:
         out = diffusion.sample(model_fn, None, noise, sampler=sampler, steps=steps, model_kwargs=kwargs,
                                clip_denoised=clip_denoised, progress=progress)
     return cfg_first_half(out) if guided else out
+
+
+def _step_noise(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device, *,
+                doubled: bool) -> Callable[[Sequence[int]], Tensor]:
+    """``noise_fn`` for the SDE solver: each sample's step noise from its own generator (as ``_ancestral``)."""
+
+    def noise_fn(batch_shape: Sequence[int]) -> Tensor:
+        z = _draw(generators, shape, device)
+        return torch.cat([z, z]) if doubled else z  # the unconditional half only mirrors the conditional one
+
+    return noise_fn
 
 
 def _ancestral(diffusion, model_fn, x: Tensor, kwargs: dict, generators: Sequence[torch.Generator],
@@ -218,6 +234,8 @@ def write_npz(path: str | os.PathLike, image_shards: Sequence[Path], labels: np.
 # ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lamamba.diffusion import SAMPLERS
+
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="run directory (newest checkpoint), checkpoint directory, .safetensors file or "
                              "Hugging Face Hub id org/name[@revision]")
@@ -225,10 +243,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated class labels, repeated to --num-samples (default: random labels)")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="how many images (default: the number of --labels, else 16)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), default="ddpm",
-                        help="ddpm (the paper), ddim or dpm++2m (default: ddpm)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm (the paper), ddim, dpm++2m, or dpm++2m-sde: stochastic and fast, robust for "
+                             "early-training models where the deterministic samplers emit some pure-noise images "
+                             "(default: ddpm)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="sampling steps (default: 250 for ddpm as the paper, 50 ddim, 20 dpm++2m)")
+                        help="sampling steps (default: 250 for ddpm as the paper, 50 ddim, 20 dpm++2m, "
+                             "25 dpm++2m-sde)")
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance scale, 1 = off (default: 1.5, as the authors' sample.py; "
                              "unconditional models take none)")

@@ -39,6 +39,7 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``lamamba train``; every default not shown comes from the preset (see training/config.py)."""
+    from lamamba.diffusion.samplers import SAMPLERS
     from lamamba.training.config import PRESETS
 
     g = parser.add_argument_group("preset and data")
@@ -106,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-last", type=int, default=None, help="keep the newest K checkpoints, 0 = all (default: 3)")
     g.add_argument("--sample-every", type=int, default=None, help="save an EMA sample grid every N steps")
     g.add_argument("--sample-num", type=int, default=None, help="images in the sample grid (0: no grids)")
-    g.add_argument("--sample-sampler", choices=("ddpm", "ddim", "dpm++2m"), default=None, help="grid sampler")
+    g.add_argument("--sample-sampler", choices=SAMPLERS, default=None, help="grid sampler")
     g.add_argument("--sample-steps", type=int, default=None, help="grid sampling steps")
     g.add_argument("--sample-cfg", type=float, default=None, help="grid guidance scale")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="feature network of --eval-ref (default: inception)")
     g.add_argument("--eval-feature-net", default=None, help="TorchScript feature network or Inception file")
     g.add_argument("--eval-metrics", default=None, help="comma-separated: fid, sfid, is, pr (default: fid)")
-    g.add_argument("--eval-sampler", choices=("ddpm", "ddim", "dpm++2m"), default=None,
+    g.add_argument("--eval-sampler", choices=SAMPLERS, default=None,
                    help="sampler for evaluation (default: dpm++2m)")
     g.add_argument("--eval-steps", type=int, default=None, help="sampling steps (default: 25)")
     g.add_argument("--eval-cfg", type=float, default=None, help="guidance scale (default: 1.0, none)")

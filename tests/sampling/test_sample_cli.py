@@ -7,7 +7,7 @@ from PIL import Image
 import lamamba
 from lamamba import sample
 from lamamba.checkpoint import save_pretrained
-from lamamba.diffusion import create_diffusion
+from lamamba.diffusion import SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise, create_diffusion
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,12 @@ def test_cli_writes_grid_images_and_npz(checkpoint, tmp_path):
     assert not (out / ".shards").exists()
 
 
-def test_same_seed_same_images_for_any_batch_size(checkpoint, tmp_path):
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m-sde"])
+def test_same_seed_same_images_for_any_batch_size(checkpoint, tmp_path, sampler):
     arrays = []
     for batch in (1, 4):
         out = tmp_path / f"b{batch}"
-        assert sample.main([str(checkpoint), "--num-samples", "4", "--sampler", "ddpm", "--steps", "4",
+        assert sample.main([str(checkpoint), "--num-samples", "4", "--sampler", sampler, "--steps", "4",
                             "--cfg-scale", "2", "--batch-size", str(batch), "--npz", "--out", str(out),
                             "--seed", "3", "--no-progress"]) == 0
         with np.load(out / "samples.npz") as data:
@@ -58,7 +59,8 @@ def test_same_seed_same_images_for_any_batch_size(checkpoint, tmp_path):
     assert np.array_equal(arrays[0][0], arrays[1][0]) and np.array_equal(arrays[0][1], arrays[1][1])
 
 
-@pytest.mark.parametrize("sampler,cfg_scale", [("ddpm", 3.0), ("ddim", 1.0), ("dpm++2m", 3.0)])
+@pytest.mark.parametrize("sampler,cfg_scale", [("ddpm", 3.0), ("ddim", 1.0), ("dpm++2m", 3.0), ("dpm++2m-sde", 3.0),
+                                              ("dpm++2m-sde", 1.0)])
 def test_sample_depends_only_on_seed_and_index(tiny_model, sampler, cfg_scale):
     """Simulated shards: samples 0..5 in one batch equal ranks' blocks sampled separately."""
     diffusion = create_diffusion()
@@ -82,6 +84,35 @@ def test_ddpm_of_one_sample_equals_reference_loop(tiny_model):
     ref = diffusion.sample(tiny_model, (1, 1, 16, 16), sampler="ddpm", steps=5, model_kwargs={"y": torch.tensor([2])},
                            generator=g)
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+def test_sde_of_one_sample_equals_reference_loop(tiny_model):
+    """Per-sample step noise: one sample of generate is the library SDE loop run with that sample's generator
+    (x_T first, then one draw per step), unguided and guided (the same noise in both halves)."""
+    diffusion, y = create_diffusion(), torch.tensor([2])
+    ours = sample.generate(tiny_model, diffusion, indices=[5], labels=y, seed=1, sampler="dpm++2m-sde", steps=5)
+    g = torch.Generator().manual_seed(sample.sample_seed(1, 5))
+    ref = diffusion.sample(tiny_model, (1, 1, 16, 16), sampler="dpm++2m-sde", steps=5, model_kwargs={"y": y},
+                           generator=g)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+    ours = sample.generate(tiny_model, diffusion, indices=[5], labels=y, seed=1, sampler="dpm++2m-sde", steps=5,
+                           cfg_scale=2.5)
+    g = torch.Generator().manual_seed(sample.sample_seed(1, 5))
+    x_T = torch.randn(1, 1, 16, 16, generator=g)
+    ref = diffusion.dpm_solver_sde_sample_loop(
+        tiny_model.forward_with_cfg, None, cfg_noise(x_T), steps=5, model_kwargs=cfg_model_kwargs(y, 10, 2.5),
+        noise_fn=lambda shape: cfg_noise(torch.randn(1, 1, 16, 16, generator=g)))
+    torch.testing.assert_close(ours, cfg_first_half(ref), rtol=0, atol=0)
+
+
+def test_cli_sampler_choices_are_the_library_samplers():
+    import argparse
+    parser = argparse.ArgumentParser()
+    sample.add_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "sampler")
+    assert tuple(action.choices) == SAMPLERS and "dpm++2m-sde" in SAMPLERS
+    assert "pure-noise" in action.help
 
 
 def test_shard_range_partitions():

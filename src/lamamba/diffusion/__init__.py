@@ -6,7 +6,7 @@ Training::
     t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
     loss = diffusion.training_losses(model, x0, t, model_kwargs={"y": y})["loss"].mean()
 
-Sampling (any of "ddpm", "ddim", "dpm++2m")::
+Sampling (any of "ddpm", "ddim", "dpm++2m", "dpm++2m-sde")::
 
     x0 = diffusion.sample(model, (n, 4, 32, 32), sampler="ddpm", steps=250, model_kwargs={"y": y})
 

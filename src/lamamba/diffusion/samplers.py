@@ -1,17 +1,18 @@
-"""Sampling loops of :class:`~lamamba.diffusion.GaussianDiffusion`: DDPM, DDIM and DPM-Solver++(2M).
+"""Sampling loops of :class:`~lamamba.diffusion.GaussianDiffusion`: DDPM, DDIM, DPM-Solver++(2M) and (2M) SDE.
 
 Every loop shares one signature: ``(model, shape, noise=None, *, model_kwargs, clip_denoised,
 denoised_fn, progress, generator, device, dtype)`` and returns the final x_0 sample. ``model`` is any
 callable ``model(x_t, t, **model_kwargs)`` that receives original (training) timesteps. Randomness
 comes only from ``noise`` (the initial x_T) and ``generator`` (which must live on the sampling
-device), so a seeded generator reproduces a run exactly. ``dtype`` is the dtype of x_T when it is
-drawn rather than given; the device defaults to that of ``noise``, else of ``generator``, else CPU.
+device; the SDE solver can take its step noise from ``noise_fn`` instead), so a seeded generator
+reproduces a run exactly. ``dtype`` is the dtype of x_T when it is drawn rather than given; the
+device defaults to that of ``noise``, else of ``generator``, else CPU.
 
 Classifier-free guidance is the model's business, not the sampler's: pass the model's
 ``forward_with_cfg`` as ``model`` with a doubled batch built by :mod:`lamamba.diffusion.guidance`
 (see :func:`~lamamba.diffusion.guidance.cfg_model_kwargs`) and keep the first half of the result.
 
-The schedule coefficients of DPM-Solver are computed once, in float64 on the host, before its loop;
+The schedule coefficients of the DPM-Solvers are computed once, in float64 on the host, before their loops;
 the DDPM/DDIM steps gather theirs from device-resident tables. No loop synchronises with the device.
 """
 from __future__ import annotations
@@ -26,11 +27,12 @@ from tqdm.auto import tqdm
 
 from .schedule import evenly_spaced_timesteps
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++2m": 20}
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde")
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++2m": 20, "dpm++2m-sde": 25}
 
 Model = Callable[..., Tensor]
 DenoisedFn = Callable[[Tensor], Tensor]
+NoiseFn = Callable[[Sequence[int]], Tensor]
 
 
 def _initial_noise(
@@ -54,6 +56,15 @@ def _initial_noise(
 
 def _steps(t_index: int, batch: int, device: torch.device) -> Tensor:
     return torch.full((batch,), t_index, device=device, dtype=torch.long)
+
+
+def _dpm_grid(alphas_cumprod: Sequence[float], steps: int) -> tuple[list[int], list[float], list[float], list[float]]:
+    """DPM-Solver's time grid (noisiest first) and its α, σ and λ = log(α/σ), in float64 on the host."""
+    grid = evenly_spaced_timesteps(len(alphas_cumprod), steps)[::-1]
+    alpha = [math.sqrt(alphas_cumprod[i]) for i in grid]
+    sigma = [math.sqrt(1.0 - alphas_cumprod[i]) for i in grid]
+    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    return grid, alpha, sigma, lam
 
 
 class SamplerMixin:
@@ -198,10 +209,7 @@ class SamplerMixin:
         first-order step then goes from step 0 to σ = 0, which returns the x_0 estimate at step 0,
         the same endpoint as DDPM and DDIM.
         """
-        grid = evenly_spaced_timesteps(self.num_timesteps, steps)[::-1]  # noisiest first
-        alpha = [math.sqrt(self.alphas_cumprod[i]) for i in grid]
-        sigma = [math.sqrt(1.0 - self.alphas_cumprod[i]) for i in grid]
-        lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+        grid, alpha, sigma, lam = _dpm_grid(self.alphas_cumprod, steps)  # noisiest first
 
         x = _initial_noise(shape, noise, generator, device, dtype)
         d_prev = None
@@ -220,6 +228,78 @@ class SamplerMixin:
         return d  # the first-order step from the last grid point to σ = 0, α = 1, is x_0 = D
 
     # ---------------------------------------------------------------------------------------------
+    # DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE variant; midpoint correction)
+    # ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def dpm_solver_sde_sample_loop(
+        self,
+        model: Model,
+        shape: Sequence[int] | None,
+        noise: Tensor | None = None,
+        *,
+        steps: int = 20,
+        eta: float = 1.0,
+        lower_order_final: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+        clip_denoised: bool = False,
+        denoised_fn: DenoisedFn | None = None,
+        progress: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        noise_fn: NoiseFn | None = None,
+    ) -> Tensor:
+        """Multistep second-order solver of the reverse diffusion SDE in data prediction; ``steps`` model calls.
+
+        Same grid, α, σ, λ = log(α/σ) and data prediction D as :meth:`dpm_solver_sample_loop`. The
+        reverse SDE with noise scale ``eta`` (0: the probability-flow ODE, 1: the reverse diffusion SDE)
+        is linear in x given D; integrating it exactly in λ with D held constant over a step of
+        h = λ_next - λ gives
+
+            x_next = (σ_next / σ) e^{-η h} x + α_next (1 - e^{-(1+η) h}) D̂ + σ_next sqrt(1 - e^{-2η h}) z,
+
+        z ~ N(0, I) fresh at every step. D̂ = D at the first step (and, with ``lower_order_final``, at
+        the step into step 0), else the midpoint multistep correction
+        ``D̂ = D + (D - D_prev) / (2r)``, r = h_prev / h, i.e. the term
+        ``0.5 α_next (1 - e^{-(1+η) h}) (D - D_prev) / r`` on top of the first-order step. For a
+        single-point data distribution with exact D every step keeps x_t ~ N(α_t x_0, σ_t²) exactly.
+        ``eta=0`` is :meth:`dpm_solver_sample_loop` (no noise is drawn then). As there, the last step
+        goes from step 0 to σ = 0 (e^{-h} = 0): it returns the x_0 estimate D at step 0, noise-free.
+
+        Randomness: x_T is ``noise`` or drawn from ``generator``; z is ``noise_fn(x.shape)`` if given
+        (e.g. one generator per sample, :func:`lamamba.sample.generate`), else drawn from ``generator``.
+        ``steps - 1`` noises are drawn, one per step between grid points.
+        """
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0: the DPM-Solver++(2M) ODE, 1: the reverse SDE), got {eta}")
+        grid, alpha, sigma, lam = _dpm_grid(self.alphas_cumprod, steps)  # noisiest first
+
+        x = _initial_noise(shape, noise, generator, device, dtype)
+        d_prev = None
+        for k in tqdm(range(steps), disable=not progress, desc="DPM-Solver++(2M) SDE"):
+            t = _steps(grid[k], x.shape[0], x.device)
+            d = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised, denoised_fn)["pred_xstart"]
+            if k + 1 < steps:
+                h = lam[k + 1] - lam[k]
+                if d_prev is None or (lower_order_final and k + 2 == steps):
+                    d_hat = d
+                else:
+                    r = (lam[k] - lam[k - 1]) / h
+                    d_hat = d + (d - d_prev) / (2 * r)
+                x_coef = (sigma[k + 1] / sigma[k]) * math.exp(-eta * h)  # e^0 = 1 exactly at eta = 0
+                d_coef = -alpha[k + 1] * math.expm1(-(1.0 + eta) * h)  # α_next (1 - e^{-(1+η)h})
+                x = x_coef * x + d_coef * d_hat
+                if eta > 0:
+                    z = noise_fn(x.shape) if noise_fn is not None else torch.randn(
+                        x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                    if z.shape != x.shape:
+                        raise ValueError(f"noise_fn gave shape {tuple(z.shape)}, expected {tuple(x.shape)}")
+                    x = x + (sigma[k + 1] * math.sqrt(-math.expm1(-2.0 * eta * h))) * z.to(x)
+                d_prev = d
+        return d  # the step from the last grid point to σ = 0 (e^{-h} = 0, α = 1) is x_0 = D, with no noise
+
+    # ---------------------------------------------------------------------------------------------
     # One entry point
     # ---------------------------------------------------------------------------------------------
 
@@ -231,7 +311,7 @@ class SamplerMixin:
         *,
         sampler: str = "ddpm",
         steps: int | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         model_kwargs: dict[str, Any] | None = None,
         clip_denoised: bool = False,
         denoised_fn: DenoisedFn | None = None,
@@ -240,11 +320,13 @@ class SamplerMixin:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Sample with ``sampler`` ("ddpm", "ddim" or "dpm++2m") in ``steps`` model calls.
+        """Sample with ``sampler`` ("ddpm", "ddim", "dpm++2m" or "dpm++2m-sde") in ``steps`` model calls.
 
-        ``steps`` defaults to 250 / 50 / 20. DDPM and DDIM run on this diffusion respaced to ``steps``
+        ``steps`` defaults to 250 / 50 / 20 / 25. DDPM and DDIM run on this diffusion respaced to ``steps``
         evenly spaced steps (``create_diffusion("250")`` and DDPM with 250 steps are the same sampler);
-        DPM-Solver++(2M) uses the same time grid on this diffusion directly. ``eta`` is DDIM's.
+        DPM-Solver++(2M) and its SDE variant use the same time grid on this diffusion directly. ``eta`` is
+        DDIM's (default 0, deterministic) or the SDE solver's (default 1, the reverse diffusion SDE); DDPM
+        and DPM-Solver++(2M) ignore it.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: use one of {SAMPLERS}")
@@ -255,7 +337,11 @@ class SamplerMixin:
         )
         if sampler == "dpm++2m":
             return self.dpm_solver_sample_loop(model, shape, noise, steps=steps, **common)
+        if sampler == "dpm++2m-sde":
+            eta = 1.0 if eta is None else eta  # default: the reverse diffusion SDE
+            return self.dpm_solver_sde_sample_loop(model, shape, noise, steps=steps, eta=eta, **common)
         respaced = self.respace(evenly_spaced_timesteps(self.num_timesteps, steps))
         if sampler == "ddpm":
             return respaced.p_sample_loop(model, shape, noise, **common)
+        eta = 0.0 if eta is None else eta  # default: deterministic DDIM
         return respaced.ddim_sample_loop(model, shape, noise, eta=eta, **common)

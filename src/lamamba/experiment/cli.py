@@ -19,6 +19,8 @@ EXPERIMENTS = ("fashion-mnist",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lamamba.diffusion.samplers import SAMPLERS
+
     defaults = ExperimentConfig()
     parser.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
     parser.add_argument("--runs", default="all",
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"EMA decay, with warm-up (default: {defaults.ema_decay})")
     parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
                         help=f"samples per run, class-balanced (default: {defaults.num_samples:,})")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++2m"), default=defaults.sampler,
+    parser.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler,
                         help=f"sampler (default: {defaults.sampler}; the paper: ddpm with 250 steps)")
     parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps,
                         help=f"sampling steps (default: {defaults.sample_steps})")
