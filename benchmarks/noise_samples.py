@@ -2,6 +2,7 @@
 
     python benchmarks/noise_samples.py train RUN_DIR [--model-arg qk_norm=true] [--seed 0]
     python benchmarks/noise_samples.py diagnose RUN_DIR --json out.json [--n 2000]
+    python benchmarks/noise_samples.py compare RUN_DIR --json out.json [--settings dpm++2m:20,dpm++2m-sde:25,...]
 
 ``train`` runs the experiment's ``lamamba-s`` recipe (``lamamba experiment fashion-mnist``: 1,920 steps of 64,
 bf16, EMA 0.999) but keeps a checkpoint every 240 steps. ``diagnose`` then measures, with the same samples
@@ -268,6 +269,53 @@ def diagnose(args) -> None:
               f"{row['eps_x_cos'][1]:.3f} | " + ", ".join(f"{n} {v[2]:.2f}" for n, v in row["top"][:4]))
 
 
+def compare(args) -> None:
+    """Failure rates of several samplers on the same samples (final checkpoint, EMA), and what distinguishes
+    the initial noises that fail under the first setting: their mean, low-frequency content (average-pooled
+    standard deviation) and the first x_0 estimate's brightness, failing vs good."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = list_checkpoints(f"{args.run_dir}/checkpoints")[-1][1]
+    info = load_checkpoint_info(ckpt)
+    diffusion = create_diffusion(**info["diffusion"])
+    model = load_pretrained(ckpt, use_ema=True, device=device)
+    idx, labels = list(range(args.n)), torch.arange(args.n) % 10
+    report = dict(run=args.run_dir, n=args.n, settings={})
+    fails = {}
+    for setting in args.settings.split(","):
+        sampler, steps = setting.split(":")
+        tic = time.time()
+        r = roughness(sample(model, diffusion, idx, labels, sampler=sampler, steps=int(steps)))
+        fails[setting] = r > args.threshold
+        report["settings"][setting] = dict(fail=float(fails[setting].mean()), seconds=time.time() - tic,
+                                           failing=np.flatnonzero(fails[setting]).tolist())
+        print(f"{setting:16s} failed {fails[setting].mean():.4f} ({time.time() - tic:.0f} s)", flush=True)
+    first = fails[args.settings.split(",")[0]]
+    c = model.config
+    x_T = torch.stack([torch.randn((c.in_channels, c.input_size, c.input_size),
+                                   generator=torch.Generator(device).manual_seed(sample_seed(0, i)), device=device)
+                       for i in idx])
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        t = torch.full((args.n,), diffusion.num_timesteps - 1, device=device)
+        d0 = torch.cat([diffusion.p_mean_variance(model, x_T[s:s + 500], t[s:s + 500],
+                                                  {"y": labels[s:s + 500].to(device)})["pred_xstart"]
+                        for s in range(0, args.n, 500)]).float()
+    feats = dict(mean=x_T.mean((1, 2, 3)), std=x_T.std((1, 2, 3)),
+                 pool4_std=F.avg_pool2d(x_T, 4).std((1, 2, 3)), pool8_std=F.avg_pool2d(x_T, 8).std((1, 2, 3)),
+                 pool16_std=F.avg_pool2d(x_T, 16).std((1, 2, 3)), d0_mean=d0.mean((1, 2, 3)),
+                 d0_pool8_std=F.avg_pool2d(d0, 8).std((1, 2, 3)))
+    report["features"] = {}
+    for name, v in feats.items():
+        v = v.cpu().numpy()
+        f, g = v[first], v[~first]
+        # AUC: chance that a failing noise scores higher than a good one (0.5 = no information)
+        auc = float((f[:, None] > g[None, :]).mean()) if len(f) and len(g) else float("nan")
+        report["features"][name] = dict(failing=[float(f.mean()), float(f.std())], good=[float(g.mean()), float(g.std())],
+                                        auc=auc)
+        print(f"{name:14s} failing {f.mean():+.4f} +- {f.std():.4f}  good {g.mean():+.4f} +- {g.std():.4f}  "
+              f"AUC {auc:.3f}", flush=True)
+    json.dump(report, open(args.json, "w"), indent=1)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -282,8 +330,15 @@ def main(argv=None) -> None:
     d.add_argument("--json", required=True)
     d.add_argument("--n", type=int, default=2000)
     d.add_argument("--threshold", type=float, default=THRESHOLD, help="failure score (CPU smoke tests: lower)")
+    c = sub.add_parser("compare")
+    c.add_argument("run_dir")
+    c.add_argument("--json", required=True)
+    c.add_argument("--n", type=int, default=2000)
+    c.add_argument("--settings", default="dpm++2m:20,dpm++2m-sde:25,ddpm:50,ddpm:250",
+                   help="sampler:steps,... (the first defines the failing set for the noise features)")
+    c.add_argument("--threshold", type=float, default=THRESHOLD)
     args = parser.parse_args(argv)
-    (train if args.cmd == "train" else diagnose)(args)
+    dict(train=train, diagnose=diagnose, compare=compare)[args.cmd](args)
 
 
 if __name__ == "__main__":

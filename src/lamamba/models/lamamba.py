@@ -18,7 +18,9 @@ from torch import Tensor
 from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, Mlp, TimestepEmbedder,
                                    check_fields, check_input, dit_init, modulate, sincos_pos_embed_2d)
 from lamamba.ops.scan_paths import NUM_PATHS
-from lamamba.ops.ss2d_scan import ss2d_selective_scan
+from lamamba.ops.gated_norm import gated_norm
+from lamamba.ops.ss2d_scan import ss2d_scan_directions
+from lamamba.ops.fused_adaln import add_norm_modulate
 from lamamba.ops.window_attention import window_attention
 
 
@@ -165,10 +167,13 @@ class SS2D(nn.Module):
         x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * Ns), d)).view(Nb, H * W, K, R + 2 * Ns)
         dt_raw, Bs, Cs = x_dbl.split([R, Ns, Ns], dim=-1)                         # (N, L, K, R|N|N)
         dts = torch.einsum("blkr,kdr->blkd", dt_raw, self.dt_projs_weight)        # (N, L, K, d)
-        y = ss2d_selective_scan(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
-                                self.dt_projs_bias.float().flatten(), H, W)      # (N, L, d) fp32
-        y = self.out_norm(y).to(u.dtype).view(Nb, H, W, d)
-        return self.out_proj(y * F.silu(z))                                       # (N, H, W, D)
+        ys = ss2d_scan_directions(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+                                  self.dt_projs_bias.float().flatten(), H, W)    # (N, L, K, d)
+        # sum over directions (fp32) -> out_norm -> * SiLU(z), fused (ops/gated_norm.py); z is read in place
+        # (a view); the result has the unfused code's dtype, LayerNorm(fp32).to(u.dtype) * silu(z)
+        y = gated_norm(ys, z.reshape(Nb, H * W, d), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps,
+                       out_dtype=torch.promote_types(u.dtype, z.dtype))          # (N, L, d)
+        return self.out_proj(y.view(Nb, H, W, d))                                 # (N, H, W, D)
 
 
 #################################################################################
@@ -227,15 +232,28 @@ class LaMambaBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, self.num_mod * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:                            # x (N, H, W, D), c (N, cond)
-        mod = self.adaLN_modulation(self.condition_projection(c))[:, None, None]  # (N, 1, 1, 9D)
-        chunks = mod.chunk(self.num_mod, dim=-1)
-        shift_ssm, scale_ssm, gate_ssm = chunks[:3]
-        x = x + gate_ssm * self.op(modulate(self.norm(x), shift_ssm, scale_ssm))
+        """``x = x + gate_i * branch_i(modulate(norm_i(x), shift_i, scale_i))`` for SS2D, attention, MLP.
+
+        Each gated residual add and the next branch's LayerNorm + modulation run as one fused op
+        (``add_norm_modulate``); under autocast the modulated activations come out in the autocast dtype,
+        which the branches' first matrix multiply would cast them to anyway.
+        """
+        mod = self.adaLN_modulation(self.condition_projection(c))                 # (N, 9D)
+        shift_ssm, scale_ssm, gate_ssm, *rest = mod.chunk(self.num_mod, dim=-1)   # (N, D) views
+        kind = x.device.type
+        act = torch.get_autocast_dtype(kind) if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind) else None
+        _, h = add_norm_modulate(x, None, None, self.norm.weight, self.norm.bias, shift_ssm, scale_ssm,
+                                 self.norm.eps, act)
+        branch, gate = self.op(h), gate_ssm
         if self.has_attention:
-            shift_attn, scale_attn, gate_attn = chunks[3:6]
-            x = x + gate_attn * self.attn(modulate(self.norm_swin(x), shift_attn, scale_attn))
-        shift_mlp, scale_mlp, gate_mlp = chunks[-3:]
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            shift_attn, scale_attn, gate_attn = rest[:3]
+            x, h = add_norm_modulate(x, branch, gate, self.norm_swin.weight, self.norm_swin.bias, shift_attn,
+                                     scale_attn, self.norm_swin.eps, act)
+            branch, gate = self.attn(h), gate_attn
+        shift_mlp, scale_mlp, gate_mlp = rest[-3:]
+        x, h = add_norm_modulate(x, branch, gate, self.norm2.weight, self.norm2.bias, shift_mlp, scale_mlp,
+                                 self.norm2.eps, act)
+        return x + gate_mlp[:, None, None] * self.mlp(h)
 
 
 #################################################################################

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 11 (fused glue kernels) and issue 13 (samplers on the failing noises) in one call on nvidia-h200-x2.
+# Carry .carry/fashion-mnist and .carry/base (the source tree before the change: git archive BASE src | tar -x -C
+# .carry/base). GPU 1: GPU tests of the kernels, then `lamamba bench` of the change and of the base tree (same
+# commands, same card, one after the other), profiles of one XL step. GPU 0 meanwhile retrains LaMamba-Diff-S on
+# Fashion-MNIST and compares samplers on its failing noises (benchmarks/noise_samples.py).
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+if [ "${NOISE:-1}" = 1 ]; then
+  ( export CUDA_VISIBLE_DEVICES=0
+    timeout "${TRAIN_LIMIT_S:-330}" python3 benchmarks/noise_samples.py train /tmp/faithful --ckpt-every 480 \
+      > "$OUT/noise-train.log" 2>&1
+    grep -aE "img/s" "$OUT/noise-train.log" | tail -1 > "$OUT/noise-train-tail.txt"; rm -f "$OUT/noise-train.log"
+    timeout "${COMPARE_LIMIT_S:-140}" python3 benchmarks/noise_samples.py compare /tmp/faithful --json "$OUT/compare.json" \
+      --settings dpm++2m:20,dpm++2m-sde:25,dpm++2m-sde:50,ddpm:100 \
+      > "$OUT/compare.txt" 2>&1 ) &
+fi
+export CUDA_VISIBLE_DEVICES=1
+timeout 150 python3 -m pytest -q -p no:warnings -m gpu tests/ops/test_fused_adaln.py tests/ops/test_gated_norm.py \
+  tests/ops/test_triton_ss2d.py tests/models 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
+bench() {  # tree, name, args...
+  local tree=$1 name=$2; shift 2
+  PYTHONPATH=$tree timeout 150 python3 -m lamamba.cli bench --steps 10 --warmup 3 --out "$OUT/$name.json" "$@" 2>&1 \
+    | grep -aE "^(LaMamba|DiT|card|model)" | sed "s|^|$name |" | tee -a "$OUT/bench.txt"
+}
+for tree in .carry/base/src src; do
+  tag=$([ "$tree" = src ] && echo new || echo base)
+  bench $tree fm-$tag --preset fashion-mnist --compile none
+  bench $tree xl256-$tag --model LaMamba-Diff-XL --model DiT-XL/2 --compile none
+  PYTHONPATH=$tree timeout 100 python3 benchmarks/profile_step.py --model LaMamba-Diff-XL --image-size 256 \
+    --batch-size 64 > "$OUT/profile-$tag.txt" 2>&1
+done
+wait
+cat "$OUT"/compare.txt "$OUT"/noise-train-tail.txt 2>/dev/null
+for tag in base new; do echo "== profile $tag"; grep -A12 "GPU time per step" "$OUT/profile-$tag.txt"; done

@@ -1,0 +1,150 @@
+"""Launch of the fused gated-residual + LayerNorm + AdaLN kernels (``lamamba.ops.triton_adaln_kernels``) as
+``torch.library`` custom ops: one opaque node for ``torch.compile``, meta shapes for tracing. Under
+``TRITON_INTERPRET=1`` (set before triton is first imported) the kernels also run on CPU tensors (tests).
+Called through ``lamamba.ops.fused_adaln.add_norm_modulate``, which checks shapes and picks the route.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from lamamba.ops import triton_adaln_kernels as kernels
+
+_ROW_TARGET = 8  # programs per SM the row blocking aims for (enough to hide memory latency)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(rows per program, row blocks per sample, BLOCK_D, num_warps)."""
+    block_d = triton.next_power_of_2(D)
+    programs = _ROW_TARGET * _sm_count(device)
+    rows = max(1, min(64, (N * T) // programs))
+    return rows, triton.cdiv(T, rows), block_d, max(1, min(8, block_d // 256))
+
+
+def _vectors(*ts: Optional[Tensor]) -> tuple[list[Optional[Tensor]], int]:
+    """The per-sample vectors as (N, D) views sharing one row stride (the AdaLN output's slices do)."""
+    flat = [None if t is None else t.reshape(t.shape[0], -1) for t in ts]
+    strides = {t.stride(0) for t in flat if t is not None}
+    if len(strides) > 1 or any(t is not None and t.stride(1) != 1 for t in flat):
+        flat = [None if t is None else t.contiguous() for t in flat]
+        strides = {t.stride(0) for t in flat if t is not None}
+    return flat, strides.pop()
+
+
+def _acc(x: Tensor, branch: Optional[Tensor], res_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic dtype: float64 when any activation is float64 (tests), else float32."""
+    dtypes = (x.dtype, res_dtype, out_dtype) + (() if branch is None else (branch.dtype,))
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+@torch.library.custom_op("lamamba::adaln_fwd", mutates_args=())
+def _fwd(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
+         shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
+         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_out (empty without a branch), out, mean, rstd); x (N, T, D) contiguous."""
+    N, T, D = x.shape
+    has_res = branch is not None
+    (gate, shift, scale), stride_mod = _vectors(gate, shift, scale)
+    x_out = x.new_empty(x.shape, dtype=res_dtype) if has_res else x.new_empty((0,), dtype=res_dtype)
+    out = x.new_empty(x.shape, dtype=out_dtype)
+    acc = _acc(x, branch, res_dtype, out_dtype)
+    mean, rstd = (x.new_empty((N * T,), dtype=acc) for _ in range(2))
+    rows, n_rb, block_d, warps = _launch(N, T, D, x.device)
+    kernels.adaln_fwd_kernel[(N, n_rb)](
+        x, branch if has_res else x, gate if has_res else shift, weight, bias, shift, scale,
+        x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps,
+        HAS_RESIDUAL=has_res, ROWS=rows, BLOCK_D=block_d, ACC=_TL[acc], num_warps=warps)
+    return x_out, out, mean, rstd
+
+
+@_fwd.register_fake
+def _(x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype):
+    N, T, D = x.shape
+    x_out = x.new_empty(x.shape if branch is not None else (0,), dtype=res_dtype)
+    acc = _acc(x, branch, res_dtype, out_dtype)
+    return (x_out, x.new_empty(x.shape, dtype=out_dtype), x.new_empty((N * T,), dtype=acc),
+            x.new_empty((N * T,), dtype=acc))
+
+
+@torch.library.custom_op("lamamba::adaln_bwd", mutates_args=())
+def _bwd(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[Tensor], gate: Optional[Tensor],
+         weight: Tensor, bias: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
+         x_dtype: torch.dtype) -> list[Tensor]:
+    """Gradients (x, branch, gate, weight, bias, shift, scale); empty tensors for an absent branch/gate."""
+    N, T, D = xo.shape
+    has_res = branch is not None
+    (gate, scale), stride_mod = _vectors(gate, scale)
+    dout = dout.contiguous()
+    dxo = None if dxo is None else dxo.contiguous()
+    dx = xo.new_empty(xo.shape, dtype=x_dtype)
+    dbr = torch.empty_like(branch) if has_res else xo.new_empty((0,))
+    rows, n_rb, block_d, warps = _launch(N, T, D, xo.device)
+    part = xo.new_empty((5 if has_res else 4, N, n_rb, D), dtype=mean.dtype)
+    kernels.adaln_bwd_kernel[(N, n_rb)](
+        dout, dxo if dxo is not None else dout, xo, branch if has_res else xo, gate if has_res else scale,
+        weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_rb,
+        HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, ROWS=rows, BLOCK_D=block_d, ACC=_TL[mean.dtype],
+        num_warps=warps)
+    dw, db = part[0].sum((0, 1)).to(weight.dtype), part[1].sum((0, 1)).to(bias.dtype)
+    dshift, dscale = part[2].sum(1), part[3].sum(1).to(scale.dtype)
+    dgate = part[4].sum(1).to(gate.dtype) if has_res else xo.new_empty((0,))
+    return [dx, dbr, dgate, dw, db, dshift, dscale]
+
+
+@_bwd.register_fake
+def _(dout, dxo, xo, branch, gate, weight, bias, scale, mean, rstd, x_dtype):
+    N, T, D = xo.shape
+    has_res = branch is not None
+    vec = xo.new_empty((N, D), dtype=scale.dtype)
+    return [xo.new_empty(xo.shape, dtype=x_dtype), branch.new_empty(branch.shape) if has_res else xo.new_empty((0,)),
+            xo.new_empty((N, D), dtype=gate.dtype) if has_res else xo.new_empty((0,)),
+            weight.new_empty(weight.shape), bias.new_empty(bias.shape), xo.new_empty((N, D), dtype=mean.dtype),
+            vec]
+
+
+def _setup_context(ctx, inputs, output):
+    x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype = inputs
+    x_out, _, mean, rstd = output
+    ctx.has_res = branch is not None
+    ctx.x_dtype, ctx.shift_dtype, ctx.gate_shape, ctx.vec_shapes = x.dtype, shift.dtype, \
+        None if gate is None else gate.shape, (shift.shape, scale.shape)
+    ctx.save_for_backward(x_out if ctx.has_res else x, branch, gate, weight, bias, scale, mean, rstd)
+
+
+def _backward(ctx, dxo, dout, dmean, drstd):
+    xo, branch, gate, weight, bias, scale, mean, rstd = ctx.saved_tensors
+    dx, dbr, dgate, dw, db, dshift, dscale = _bwd(dout, dxo if ctx.has_res else None, xo, branch, gate, weight,
+                                                  bias, scale, mean, rstd, ctx.x_dtype)
+    if not ctx.has_res:
+        return dx, None, None, dw, db, dshift.to(ctx.shift_dtype).view(ctx.vec_shapes[0]), \
+            dscale.view(ctx.vec_shapes[1]), None, None, None
+    return dx, dbr, dgate.view(ctx.gate_shape), dw, db, dshift.to(ctx.shift_dtype).view(ctx.vec_shapes[0]), \
+        dscale.view(ctx.vec_shapes[1]), None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def add_norm_modulate(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
+                      shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
+                      out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(x_out, out) in x's shape; ``x_out`` is empty when there is no branch (the caller keeps x)."""
+    shape = x.shape
+    N, D = shape[0], shape[-1]
+    x3 = x.contiguous().view(N, -1, D)
+    br3 = None if branch is None else branch.contiguous().view(N, -1, D)
+    x_out, out, _, _ = _fwd(x3, br3, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype)
+    return (x_out.view(shape) if branch is not None else x_out), out.view(shape)
