@@ -70,9 +70,12 @@ def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
 
 
 @runnable
-def test_many_row_blocks(triton_route, monkeypatch):
-    """Several programs per sample (partial gradient sums added on the host), rows not a multiple of the block."""
-    monkeypatch.setattr(triton_adaln, "_ROW_TARGET", 64)
+@pytest.mark.parametrize("row_target,tile_elements", [(64, 4096), (1, 32), (3, 48)])
+def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
+    """Several programs per sample (partial gradient sums added on the host), several tiles per program, rows
+    not a multiple of the tile."""
+    monkeypatch.setattr(triton_adaln, "_ROW_TARGET", row_target)
+    monkeypatch.setattr(triton_adaln, "_TILE_ELEMENTS", tile_elements)
     inp = inputs(2, 5, 7, 12, True)
     _, out, grads = run(add_norm_modulate, inp)
     _, ref_out, ref_grads = run(naive, inp)
@@ -146,3 +149,16 @@ def test_gpu_bf16_model_shapes(D):
     rg = torch.autograd.grad((rout * g).sum() + rxo.sum(), ref_leaves)
     for name, a, r in zip(("x", "branch", "gate", "w", "b", "shift", "scale"), gr, rg):
         assert rel_err(a, r) < 3e-2, name
+
+
+@runnable
+def test_compiles_without_graph_breaks(triton_route):
+    """torch.compile traces the custom op (one opaque node), forward and backward; eager uses the same kernels."""
+    torch._dynamo.reset()
+    inp = inputs(2, 3, 4, 8, True)
+    fn = torch.compile(add_norm_modulate, fullgraph=True, backend="aot_eager")
+    x_out, out, grads = run(lambda *a: fn(*a), inp)
+    _, ref_out, ref_grads = run(naive, inp)
+    torch.testing.assert_close(out, ref_out)
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)

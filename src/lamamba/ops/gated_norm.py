@@ -58,8 +58,9 @@ def gated_norm(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float =
     _check(ys, z, weight, bias)
     out_dtype = out_dtype or z.dtype
     if scan_backend(ys.device) == "triton":
-        out, _, _ = _fwd(ys, z, weight, bias, float(eps), out_dtype)
-        return out
+        args = (ys, z, weight, bias, float(eps), out_dtype)
+        traced = torch.compiler.is_compiling() or ys.device.type == "meta"
+        return _fwd(*args)[0] if traced else _Eager.apply(*args)
     return gated_norm_reference(ys, z, weight, bias, eps, out_dtype)
 
 
@@ -145,8 +146,7 @@ def _unit_channel_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("lamamba::gated_norm_fwd", mutates_args=())
-def _fwd(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
+def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
          out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(out (N, L, d) in ``out_dtype``, mean (N * L,), rstd (N * L,)); statistics in the accumulation dtype."""
     N, L, K, d = ys.shape
@@ -164,6 +164,9 @@ def _fwd(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
     return out, mean, rstd
 
 
+_fwd = torch.library.custom_op("lamamba::gated_norm_fwd", _fwd_impl, mutates_args=())
+
+
 @_fwd.register_fake
 def _(ys, z, weight, bias, eps, out_dtype):
     N, L, K, d = ys.shape
@@ -171,8 +174,7 @@ def _(ys, z, weight, bias, eps, out_dtype):
             ys.new_empty((N * L,), dtype=_acc(ys.dtype)))
 
 
-@torch.library.custom_op("lamamba::gated_norm_bwd", mutates_args=())
-def _bwd(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+def _bwd_impl(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
          rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(ds (N, L, d) in ys's dtype: the gradient of each direction's ys, dz (N, L, d) contiguous, dweight, dbias)."""
     N, L, K, d = ys.shape
@@ -197,6 +199,9 @@ def _bwd(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean
     return ds, dz, dw, db
 
 
+_bwd = torch.library.custom_op("lamamba::gated_norm_bwd", _bwd_impl, mutates_args=())
+
+
 @_bwd.register_fake
 def _(dout, ys, z, weight, bias, mean, rstd):
     N, L, K, d = ys.shape
@@ -215,11 +220,27 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(ys, z, weight, bias, mean, rstd)
 
 
-def _backward(ctx, dout, _dmean, _drstd):
+def _backward(ctx, dout, _dmean=None, _drstd=None, bwd=_bwd):
     ys, z, weight, bias, mean, rstd = ctx.saved_tensors
-    ds, dz, dw, db = _bwd(dout, ys, z, weight, bias, mean, rstd)
+    ds, dz, dw, db = bwd(dout, ys, z, weight, bias, mean, rstd)
     # one gradient for all K directions: an expanded view (stride 0 over K), never K copies (module docstring)
     return ds.unsqueeze(2).expand(ys.shape), dz, dw, db, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Eager(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, whose per-call host overhead showed in
+    launch-bound eager runs of small models; ``torch.compile`` traces the custom op."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        ys, z, weight, bias, _, _ = inputs
+        out, mean, rstd = _fwd_impl(*inputs)
+        ctx.save_for_backward(ys, z, weight, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward(ctx, dout, bwd=_bwd_impl)

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from lamamba.ops import triton_adaln_kernels as kernels
 
-_ROW_TARGET = 8  # programs per SM the row blocking aims for (enough to hide memory latency)
+_ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide memory latency)
+_TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,12 +24,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(rows per program, row blocks per sample, BLOCK_D, num_warps)."""
+def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int, int]:
+    """(tiles per program, programs per sample, BLOCK_R, BLOCK_D, num_warps)."""
     block_d = triton.next_power_of_2(D)
-    programs = _ROW_TARGET * _sm_count(device)
-    rows = max(1, min(64, (N * T) // programs))
-    return rows, triton.cdiv(T, rows), block_d, max(1, min(8, block_d // 256))
+    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, triton.next_power_of_2(T))).bit_length() - 1)
+    n_tiles = triton.cdiv(T, block_r)
+    tiles = max(1, (N * n_tiles) // (_ROW_TARGET * _sm_count(device)))
+    return tiles, triton.cdiv(n_tiles, tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))
 
 
 def _vectors(*ts: Optional[Tensor]) -> tuple[list[Optional[Tensor]], int]:
@@ -50,8 +52,7 @@ def _acc(x: Tensor, branch: Optional[Tensor], res_dtype: torch.dtype, out_dtype:
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-@torch.library.custom_op("lamamba::adaln_fwd", mutates_args=())
-def _fwd(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
+def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
          shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
          out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x_out (empty without a branch), out, mean, rstd); x (N, T, D) contiguous."""
@@ -62,12 +63,15 @@ def _fwd(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Te
     out = x.new_empty(x.shape, dtype=out_dtype)
     acc = _acc(x, branch, res_dtype, out_dtype)
     mean, rstd = (x.new_empty((N * T,), dtype=acc) for _ in range(2))
-    rows, n_rb, block_d, warps = _launch(N, T, D, x.device)
-    kernels.adaln_fwd_kernel[(N, n_rb)](
+    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, x.device)
+    kernels.adaln_fwd_kernel[(N, n_pb)](
         x, branch if has_res else x, gate if has_res else shift, weight, bias, shift, scale,
-        x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps,
-        HAS_RESIDUAL=has_res, ROWS=rows, BLOCK_D=block_d, ACC=_TL[acc], num_warps=warps)
+        x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps, tiles,
+        HAS_RESIDUAL=has_res, BLOCK_R=block_r, BLOCK_D=block_d, ACC=_TL[acc], num_warps=warps)
     return x_out, out, mean, rstd
+
+
+_fwd = torch.library.custom_op("lamamba::adaln_fwd", _fwd_impl, mutates_args=())
 
 
 @_fwd.register_fake
@@ -79,8 +83,7 @@ def _(x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype):
             x.new_empty((N * T,), dtype=acc))
 
 
-@torch.library.custom_op("lamamba::adaln_bwd", mutates_args=())
-def _bwd(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[Tensor], gate: Optional[Tensor],
+def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[Tensor], gate: Optional[Tensor],
          weight: Tensor, bias: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
          x_dtype: torch.dtype) -> list[Tensor]:
     """Gradients (x, branch, gate, weight, bias, shift, scale); empty tensors for an absent branch/gate."""
@@ -91,17 +94,20 @@ def _bwd(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[Tenso
     dxo = None if dxo is None else dxo.contiguous()
     dx = xo.new_empty(xo.shape, dtype=x_dtype)
     dbr = torch.empty_like(branch) if has_res else xo.new_empty((0,))
-    rows, n_rb, block_d, warps = _launch(N, T, D, xo.device)
-    part = xo.new_empty((5 if has_res else 4, N, n_rb, D), dtype=mean.dtype)
-    kernels.adaln_bwd_kernel[(N, n_rb)](
+    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, xo.device)
+    part = xo.new_empty((5 if has_res else 4, N, n_pb, D), dtype=mean.dtype)
+    kernels.adaln_bwd_kernel[(N, n_pb)](
         dout, dxo if dxo is not None else dout, xo, branch if has_res else xo, gate if has_res else scale,
-        weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_rb,
-        HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, ROWS=rows, BLOCK_D=block_d, ACC=_TL[mean.dtype],
+        weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_pb, tiles,
+        HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, BLOCK_R=block_r, BLOCK_D=block_d, ACC=_TL[mean.dtype],
         num_warps=warps)
     dw, db = part[0].sum((0, 1)).to(weight.dtype), part[1].sum((0, 1)).to(bias.dtype)
     dshift, dscale = part[2].sum(1), part[3].sum(1).to(scale.dtype)
     dgate = part[4].sum(1).to(gate.dtype) if has_res else xo.new_empty((0,))
     return [dx, dbr, dgate, dw, db, dshift, dscale]
+
+
+_bwd = torch.library.custom_op("lamamba::adaln_bwd", _bwd_impl, mutates_args=())
 
 
 @_bwd.register_fake
@@ -124,10 +130,10 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x_out if ctx.has_res else x, branch, gate, weight, bias, scale, mean, rstd)
 
 
-def _backward(ctx, dxo, dout, dmean, drstd):
+def _backward(ctx, dxo, dout, dmean=None, drstd=None, bwd=_bwd):
     xo, branch, gate, weight, bias, scale, mean, rstd = ctx.saved_tensors
-    dx, dbr, dgate, dw, db, dshift, dscale = _bwd(dout, dxo if ctx.has_res else None, xo, branch, gate, weight,
-                                                  bias, scale, mean, rstd, ctx.x_dtype)
+    dx, dbr, dgate, dw, db, dshift, dscale = bwd(dout, dxo if ctx.has_res else None, xo, branch, gate, weight,
+                                                 bias, scale, mean, rstd, ctx.x_dtype)
     if not ctx.has_res:
         return dx, None, None, dw, db, dshift.to(ctx.shift_dtype).view(ctx.vec_shapes[0]), \
             dscale.view(ctx.vec_shapes[1]), None, None, None
@@ -138,6 +144,21 @@ def _backward(ctx, dxo, dout, dmean, drstd):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _Eager(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, whose per-call host overhead (tens of
+    microseconds) showed in launch-bound eager runs of small models; ``torch.compile`` traces the custom op."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0], output[1]
+
+    @staticmethod
+    def backward(ctx, dxo, dout):
+        return _backward(ctx, dxo, dout, bwd=_bwd_impl)
+
+
 def add_norm_modulate(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
                       shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
                       out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -146,5 +167,7 @@ def add_norm_modulate(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor
     N, D = shape[0], shape[-1]
     x3 = x.contiguous().view(N, -1, D)
     br3 = None if branch is None else branch.contiguous().view(N, -1, D)
-    x_out, out, _, _ = _fwd(x3, br3, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype)
+    args = (x3, br3, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype)
+    traced = torch.compiler.is_compiling() or x.device.type == "meta"
+    x_out, out = _fwd(*args)[:2] if traced else _Eager.apply(*args)
     return (x_out.view(shape) if branch is not None else x_out), out.view(shape)
