@@ -3,7 +3,8 @@
 # Carry .carry/fashion-mnist and .carry/base (the source tree before the change: git archive BASE src | tar -x -C
 # .carry/base). GPU 1: GPU tests of the kernels, then `lamamba bench` of the change and of the base tree (same
 # commands, same card, one after the other), profiles of one XL step. GPU 0 meanwhile retrains LaMamba-Diff-S on
-# Fashion-MNIST and compares samplers on its failing noises (benchmarks/noise_samples.py).
+# Fashion-MNIST and compares samplers on its failing noises (benchmarks/noise_samples.py; COMPARE_SETTINGS; the
+# call in docs/RESULTS.md used dpm++2m:20,dpm++2m-sde:25,dpm++2m-sde:50,ddpm:100). NOISE=0: only the GPU 1 part.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
@@ -15,7 +16,7 @@ if [ "${NOISE:-1}" = 1 ]; then
       > "$OUT/noise-train.log" 2>&1
     grep -aE "img/s" "$OUT/noise-train.log" | tail -1 > "$OUT/noise-train-tail.txt"; rm -f "$OUT/noise-train.log"
     timeout "${COMPARE_LIMIT_S:-140}" python3 benchmarks/noise_samples.py compare /tmp/faithful --json "$OUT/compare.json" \
-      --settings dpm++2m:20,dpm++2m-sde:25,dpm++2m-sde:50,ddpm:100 \
+      --settings ${COMPARE_SETTINGS:-dpm++2m:20,dpm++2m:20:center,dpm++2m-sde:25,dpm++2m-sde:25:center} \
       > "$OUT/compare.txt" 2>&1 ) &
 fi
 export CUDA_VISIBLE_DEVICES=1
