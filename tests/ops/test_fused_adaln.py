@@ -5,7 +5,7 @@ The Triton route runs interpreted on CPU machines (``LAMAMBA_SCAN_BACKEND=triton
 """
 import pytest
 import torch
-from triton_env import gpu, rel_err, runnable
+from triton_env import gpu, interpreter, rel_err
 
 from lamamba.ops import triton_adaln
 from lamamba.ops.fused_adaln import add_norm_modulate, add_norm_modulate_reference
@@ -54,7 +54,7 @@ def triton_route(monkeypatch):
     monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
 
 
-@runnable
+@interpreter
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("N,H,W,D,mod_shape", [(2, 3, 5, 24, "flat"), (3, 4, 4, 16, "block"), (1, 7, 1, 40, "flat")])
 def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
@@ -69,7 +69,7 @@ def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
         torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
 
 
-@runnable
+@interpreter
 @pytest.mark.parametrize("row_target,tile_elements", [(64, 4096), (1, 32), (3, 48)])
 def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
     """Several programs per sample (partial gradient sums added on the host), several tiles per program, rows
@@ -84,7 +84,7 @@ def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
         torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
 
 
-@runnable
+@interpreter
 def test_low_precision_and_dtypes(triton_route):
     """bf16 activations with float32 parameters: the output dtypes of the unfused code, values within rounding."""
     inp = inputs(2, 4, 4, 32, True, dtype=torch.bfloat16)
@@ -107,7 +107,7 @@ def test_reference_route_matches_naive():
         torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
 
 
-@runnable
+@interpreter
 def test_opcheck(triton_route):
     inp = inputs(2, 2, 3, 8, True)
     args = [inp[k] for k in ("x", "branch", "gate", "weight", "bias", "shift", "scale")]
@@ -151,7 +151,7 @@ def test_gpu_bf16_model_shapes(D):
         assert rel_err(a, r) < 3e-2, name
 
 
-@runnable
+@interpreter
 def test_compiles_without_graph_breaks(triton_route):
     """torch.compile traces the custom op (one opaque node), forward and backward; eager uses the same kernels."""
     torch._dynamo.reset()
