@@ -108,13 +108,20 @@ def test_reference_route_matches_naive():
 
 
 @interpreter
-def test_opcheck(triton_route):
-    inp = inputs(2, 2, 3, 8, True)
-    args = [inp[k] for k in ("x", "branch", "gate", "weight", "bias", "shift", "scale")]
-    x3 = args[0].reshape(2, -1, 8)
-    torch.library.opcheck(triton_adaln._fwd, (x3, args[1].reshape(2, -1, 8), *args[2:], 1e-5, torch.float64,
-                                              torch.float64),
-                          test_utils=("test_schema", "test_faketensor"))
+@pytest.mark.parametrize("residual", [True, False])
+def test_opcheck(triton_route, residual):
+    """Schemas and fake (meta) implementations of the forward and backward custom ops."""
+    inp = inputs(2, 2, 3, 8, residual)
+    x3 = inp["x"].reshape(2, -1, 8)
+    br3 = inp["branch"].reshape(2, -1, 8) if residual else None
+    fwd_args = (x3, br3, inp["gate"], inp["weight"], inp["bias"], inp["shift"], inp["scale"], 1e-5, torch.float64,
+                torch.float64)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(triton_adaln._fwd, fwd_args, test_utils=checks)
+    x_out, out, mean, rstd = triton_adaln._fwd(*fwd_args)
+    bwd_args = (torch.randn_like(out), torch.randn_like(x3) if residual else None, x_out if residual else x3, br3,
+                inp["gate"], inp["weight"], inp["bias"], inp["scale"], mean, rstd, torch.float64)
+    torch.library.opcheck(triton_adaln._bwd, bwd_args, test_utils=checks)
 
 
 def test_errors():
