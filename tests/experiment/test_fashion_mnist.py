@@ -250,7 +250,7 @@ def test_select_runs(tiny_registry):
     names = lambda spec: [r.name for r in fm.select_runs(spec)]  # noqa: E731
     assert names("table4") == ["tiny-lamamba", "tiny-dit"]
     assert names(" tiny-dit , tiny , tiny-lamamba,tiny-dit ") == ["tiny-dit", "tiny-lamamba"]
-    assert names("seeds,no-shift,lamamba-s") == ["lamamba-s", "lamamba-s-seed1", "no-shift"]
+    assert names("seeds,no-shift,lamamba-s") == ["lamamba-s", "lamamba-s-seed1", "dit-s2", "dit-s2-seed1", "no-shift"]
     assert names("all")[:2] == ["lamamba-s", "dit-s2"] and len(names("all")) == len(set(names("all")))
     with pytest.raises(ValueError, match="unknown run or group 'table9'"):
         fm.select_runs("table9")

@@ -69,13 +69,14 @@ RUNS: dict[str, Run] = {r.name: r for r in (
         "7", "isotropic, patch size 2", dict(params_m=34, gflops=6.19, fid=91.89)),
     # the same model again with another seed: the run-to-run spread that every gap must be read against
     Run("lamamba-s-seed1", "LaMamba-Diff-S", {}, "4", "LaMamba-Diff-S, seed 1", {}, seed=1),
+    Run("dit-s2-seed1", "DiT-S/2", {}, "4", "DiT-S/2, seed 1", {}, seed=1),
 )}
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "table4": ("lamamba-s", "dit-s2"),
     "table5": ("lamamba-s", "no-attention", "no-shift", "global-attention"),
     "table7": ("lamamba-s", "concat-skip", "isotropic-p2"),
-    "seeds": ("lamamba-s", "lamamba-s-seed1"),
+    "seeds": ("lamamba-s", "lamamba-s-seed1", "dit-s2", "dit-s2-seed1"),
     "all": tuple(RUNS),
 }
 

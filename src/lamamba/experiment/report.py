@@ -15,7 +15,7 @@ TITLES = {
     "table4": "Table 4: LaMamba-Diff-S vs DiT-S/2 (equal parameters)",
     "table5": "Table 5: attention in the LaMamba block",
     "table7": "Table 7: architecture (skips, isotropic layout)",
-    "seeds": "Run-to-run spread: the same model, another seed",
+    "seeds": "Run-to-run spread: the same models, another seed",
 }
 
 
@@ -64,8 +64,8 @@ def format_tables(rows: list[dict[str, Any]]) -> str:
     parts = []
     for group, title in TITLES.items():
         members = [by_name[n] for n in GROUPS[group] if n in by_name]
-        if len(members) < 2:
-            continue
+        if len(members) < 2 or (group == "seeds" and all(r.get("seed", 0) == 0 for r in members)):
+            continue  # a spread table needs a second seed
         lines = [f"### {title}", "", head]
         for r in members:
             p = r["paper"]
