@@ -4,13 +4,18 @@
 #   bash benchmarks/fashion_mnist_gpu.sh probe            # one GPU: short eager/compiled runs of every model
 #   bash benchmarks/fashion_mnist_gpu.sh train "RUNS0" "RUNS1" ...   # GPU i trains+samples the runs in RUNSi
 #                                                         # (comma-separated, in order); results under $OUT
-# Extra arguments for `lamamba experiment` go in $EXP_ARGS.
+# Extra arguments for `lamamba experiment` go in $EXP_ARGS, its stages in $STAGES (default train,sample). Runs longer
+# than one call (issue 13's 10-epoch runs with curves) continue in back-to-back calls on the still-warm machine:
+#   EXP_DIR=results/long STAGES=train,curve RUN_LIMIT_S=540 \
+#   EXP_ARGS="--train-images 600000 --curve-points 10 --compile" \
+#   bash benchmarks/fashion_mnist_gpu.sh train lamamba-s,dit-s2 lamamba-s-seed1,dit-s2-seed1
+# (a run stopped by the limit saves a checkpoint; the next call resumes it; curve.jsonl travels back each call).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-EXP="python3 -m lamamba.cli experiment fashion-mnist --stages train,sample ${EXP_ARGS:-}"
+EXP="python3 -m lamamba.cli experiment fashion-mnist --stages ${STAGES:-train,sample} ${EXP_ARGS:-}"
 mode=${1:-probe}; shift
 summary() {  # speed, wall time and sampling time of every run under $1 -> stdout and $2
   python3 - "$1" "$2" <<'PY'
