@@ -6,7 +6,7 @@
 #                                                         # (comma-separated, in order); results under $OUT
 # Extra arguments for `lamamba experiment` go in $EXP_ARGS, its stages in $STAGES (default train,sample). Runs longer
 # than one call (issue 13's 10-epoch runs with curves) continue in back-to-back calls on the still-warm machine:
-#   EXP_DIR=results/long STAGES=train,curve RUN_LIMIT_S=540 \
+#   EXP_DIR=results/fashion-mnist-10ep STAGES=train,curve RUN_LIMIT_S=540 \
 #   EXP_ARGS="--train-images 600000 --curve-points 10 --compile" \
 #   bash benchmarks/fashion_mnist_gpu.sh train lamamba-s,dit-s2 lamamba-s-seed1,dit-s2-seed1
 # (a run stopped by the limit saves a checkpoint; the next call resumes it; curve.jsonl travels back each call).

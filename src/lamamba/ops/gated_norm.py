@@ -147,7 +147,7 @@ def _unit_channel_stride(t: Tensor) -> Tensor:
 
 
 def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
-         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+              out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(out (N, L, d) in ``out_dtype``, mean (N * L,), rstd (N * L,)); statistics in the accumulation dtype."""
     N, L, K, d = ys.shape
     ys, z = _unit_channel_stride(ys), _unit_channel_stride(z)
@@ -175,7 +175,7 @@ def _(ys, z, weight, bias, eps, out_dtype):
 
 
 def _bwd_impl(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
-         rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(ds (N, L, d) in ys's dtype: the gradient of each direction's ys, dz (N, L, d) contiguous, dweight, dbias)."""
     N, L, K, d = ys.shape
     ys, z, dout = _unit_channel_stride(ys), _unit_channel_stride(z), _unit_channel_stride(dout)

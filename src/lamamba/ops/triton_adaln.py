@@ -53,8 +53,8 @@ _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
-         shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
-         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
+              out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x_out (empty without a branch), out, mean, rstd); x (N, T, D) contiguous."""
     N, T, D = x.shape
     has_res = branch is not None
@@ -84,8 +84,8 @@ def _(x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype):
 
 
 def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[Tensor], gate: Optional[Tensor],
-         weight: Tensor, bias: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
-         x_dtype: torch.dtype) -> list[Tensor]:
+              weight: Tensor, bias: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
+              x_dtype: torch.dtype) -> list[Tensor]:
     """Gradients (x, branch, gate, weight, bias, shift, scale); empty tensors for an absent branch/gate."""
     N, T, D = xo.shape
     has_res = branch is not None
