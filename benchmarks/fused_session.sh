@@ -19,7 +19,7 @@ if [ "${NOISE:-1}" = 1 ]; then
       --settings ${COMPARE_SETTINGS:-dpm++2m:20,dpm++2m:20:center,dpm++2m-sde:25,dpm++2m-sde:25:center} \
       > "$OUT/compare.txt" 2>&1 ) &
 fi
-export CUDA_VISIBLE_DEVICES=1
+export CUDA_VISIBLE_DEVICES=$([ "${NOISE:-1}" = 1 ] && echo 1 || echo 0)  # NOISE=0 runs on a one-GPU machine
 timeout 150 python3 -m pytest -q -p no:warnings -m gpu tests/ops/test_fused_adaln.py tests/ops/test_gated_norm.py \
   tests/ops/test_triton_ss2d.py tests/models 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
 bench() {  # tree, name, args...
