@@ -209,23 +209,10 @@ class SamplerMixin:
         first-order step then goes from step 0 to σ = 0, which returns the x_0 estimate at step 0,
         the same endpoint as DDPM and DDIM.
         """
-        grid, alpha, sigma, lam = _dpm_grid(self.alphas_cumprod, steps)  # noisiest first
-
-        x = _initial_noise(shape, noise, generator, device, dtype)
-        d_prev = None
-        for k in tqdm(range(steps), disable=not progress, desc="DPM-Solver++(2M)"):
-            t = _steps(grid[k], x.shape[0], x.device)
-            d = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised, denoised_fn)["pred_xstart"]
-            if k + 1 < steps:
-                h = lam[k + 1] - lam[k]
-                if d_prev is None or (lower_order_final and k + 2 == steps):
-                    d_hat = d
-                else:
-                    r = (lam[k] - lam[k - 1]) / h
-                    d_hat = d + (d - d_prev) / (2 * r)
-                x = (sigma[k + 1] / sigma[k]) * x - (alpha[k + 1] * math.expm1(-h)) * d_hat
-                d_prev = d
-        return d  # the first-order step from the last grid point to σ = 0, α = 1, is x_0 = D
+        return self._dpm_solver_2m(model, shape, noise, steps=steps, eta=0.0, lower_order_final=lower_order_final,
+                                   model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                   progress=progress, generator=generator, device=device, dtype=dtype,
+                                   noise_fn=None, desc="DPM-Solver++(2M)")
 
     # ---------------------------------------------------------------------------------------------
     # DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE variant; midpoint correction)
@@ -273,11 +260,23 @@ class SamplerMixin:
         """
         if eta < 0:
             raise ValueError(f"eta must be >= 0 (0: the DPM-Solver++(2M) ODE, 1: the reverse SDE), got {eta}")
+        return self._dpm_solver_2m(model, shape, noise, steps=steps, eta=eta, lower_order_final=lower_order_final,
+                                   model_kwargs=model_kwargs, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                   progress=progress, generator=generator, device=device, dtype=dtype,
+                                   noise_fn=noise_fn, desc="DPM-Solver++(2M) SDE")
+
+    def _dpm_solver_2m(self, model: Model, shape: Sequence[int] | None, noise: Tensor | None, *, steps: int,
+                       eta: float, lower_order_final: bool, model_kwargs: dict[str, Any] | None,
+                       clip_denoised: bool, denoised_fn: DenoisedFn | None, progress: bool,
+                       generator: torch.Generator | None, device: torch.device | str | None, dtype: torch.dtype,
+                       noise_fn: NoiseFn | None, desc: str) -> Tensor:
+        """The one loop of both DPM-Solver++(2M) variants (formulas in their docstrings); ``eta=0`` is the ODE:
+        its coefficients reduce exactly (e^0 = 1) and no noise is drawn."""
         grid, alpha, sigma, lam = _dpm_grid(self.alphas_cumprod, steps)  # noisiest first
 
         x = _initial_noise(shape, noise, generator, device, dtype)
         d_prev = None
-        for k in tqdm(range(steps), disable=not progress, desc="DPM-Solver++(2M) SDE"):
+        for k in tqdm(range(steps), disable=not progress, desc=desc):
             t = _steps(grid[k], x.shape[0], x.device)
             d = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised, denoised_fn)["pred_xstart"]
             if k + 1 < steps:
