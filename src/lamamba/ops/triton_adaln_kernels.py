@@ -26,6 +26,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _vector(ptr, offset, cols, cmask, ACC: tl.constexpr):
+    """A (1, BLOCK_D) row of a per-channel vector (``offset``: the sample's row for per-sample vectors)."""
+    return tl.load(ptr + offset + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+
+
+@triton.jit
+def _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R: tl.constexpr):
+    """Rows of tile ``i`` of program ``pb`` of sample ``n``: (row mask, element mask, global rows, offsets)."""
+    t = (pb * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = t < T
+    row = n.to(tl.int64) * T + t
+    return rmask, rmask[:, None] & cmask[None, :], row, row[:, None] * D + cols[None, :]
+
+
+@triton.jit
 def adaln_fwd_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr, xo_ptr, out_ptr, mean_ptr,
                      rstd_ptr, T, D, stride_mod, eps, TILES,
                      HAS_RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
@@ -33,18 +48,14 @@ def adaln_fwd_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr
     pb = tl.program_id(1)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    shift = tl.load(shift_ptr + n * stride_mod + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    scale1 = tl.load(scale_ptr + n * stride_mod + cols, mask=cmask, other=0.0).to(ACC)[None, :] + 1.0
+    w = _vector(w_ptr, 0, cols, cmask, ACC)
+    b = _vector(b_ptr, 0, cols, cmask, ACC)
+    shift = _vector(shift_ptr, n * stride_mod, cols, cmask, ACC)
+    scale1 = _vector(scale_ptr, n * stride_mod, cols, cmask, ACC) + 1.0
     if HAS_RESIDUAL:
-        gate = tl.load(gate_ptr + n * stride_mod + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        gate = _vector(gate_ptr, n * stride_mod, cols, cmask, ACC)
     for i in range(TILES):
-        t = (pb * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)
-        rmask = t < T
-        mask = rmask[:, None] & cmask[None, :]
-        row = n.to(tl.int64) * T + t
-        offs = row[:, None] * D + cols[None, :]
+        rmask, mask, row, offs = _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
         if HAS_RESIDUAL:
             x += gate * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -69,22 +80,18 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
     pb = tl.program_id(1)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-    scale1 = tl.load(scale_ptr + n * stride_mod + cols, mask=cmask, other=0.0).to(ACC)[None, :] + 1.0
+    w = _vector(w_ptr, 0, cols, cmask, ACC)
+    b = _vector(b_ptr, 0, cols, cmask, ACC)
+    scale1 = _vector(scale_ptr, n * stride_mod, cols, cmask, ACC) + 1.0
     if HAS_RESIDUAL:
-        gate = tl.load(gate_ptr + n * stride_mod + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        gate = _vector(gate_ptr, n * stride_mod, cols, cmask, ACC)
     acc_w = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
     acc_b = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
     acc_shift = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
     acc_scale = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
     acc_gate = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
     for i in range(TILES):
-        t = (pb * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)
-        rmask = t < T
-        mask = rmask[:, None] & cmask[None, :]
-        row = n.to(tl.int64) * T + t
-        offs = row[:, None] * D + cols[None, :]
+        rmask, mask, row, offs = _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R)
         mean = tl.load(mean_ptr + row, mask=rmask, other=0.0)
         rstd = tl.load(rstd_ptr + row, mask=rmask, other=0.0)
         xo = tl.load(xo_ptr + offs, mask=mask, other=0.0).to(ACC)
