@@ -24,7 +24,6 @@ backward 103 us against 529 us and 437 us. Moving the bytes alone would take abo
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.ops.selective_scan import scan_backend
+from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype, unit_channel_stride
 
 __all__ = ["gated_norm", "gated_norm_reference"]
 
@@ -108,7 +108,7 @@ class _Plan:
 
     def bwd_grid(self, device: torch.device) -> tuple[int, int]:
         """(programs, row blocks per program) of the backward: at most ``bwd_programs_per_sm`` per SM."""
-        cap = max(1, LAUNCH.bwd_programs_per_sm * _sm_count(device))
+        cap = max(1, LAUNCH.bwd_programs_per_sm * sm_count(device))
         per_program = -(-self.n_blocks // min(cap, self.n_blocks))
         return -(-self.n_blocks // per_program), per_program
 
@@ -122,37 +122,21 @@ def _plan(n_rows: int, d: int, backward: bool = False) -> _Plan:
     return _Plan(block_r, block_d, warps, -(-n_rows // block_r))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _kernels(device: torch.device):
     """The kernel module (imports triton on first use, so that this module loads without it)."""
-    from triton.runtime.jit import JITFunction
-
     from lamamba.ops import gated_norm_kernels
-    if device.type != "cuda" and isinstance(gated_norm_kernels.gated_norm_fwd_kernel, JITFunction):
-        raise ValueError(f"the Triton gated-norm kernels need CUDA tensors, got {device.type} ones; for CPU tensors "
-                         "set TRITON_INTERPRET=1 before triton is first imported (Triton's interpreter)")
+
+    check_device(device, gated_norm_kernels.gated_norm_fwd_kernel, "gated-norm")
     return gated_norm_kernels
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _unit_channel_stride(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
               out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(out (N, L, d) in ``out_dtype``, mean (N * L,), rstd (N * L,)); statistics in the accumulation dtype."""
     N, L, K, d = ys.shape
-    ys, z = _unit_channel_stride(ys), _unit_channel_stride(z)
+    ys, z = unit_channel_stride(ys), unit_channel_stride(z)
     out = ys.new_empty((N, L, d), dtype=out_dtype)
-    mean, rstd = (ys.new_empty((N * L,), dtype=_acc(ys.dtype)) for _ in range(2))
+    mean, rstd = (ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)) for _ in range(2))
     if N * L == 0:
         return out, mean, rstd
     kernels = _kernels(ys.device)
@@ -160,7 +144,7 @@ def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
     kernels.gated_norm_fwd_kernel[(plan.n_blocks,)](
         ys, z, weight.contiguous(), bias.contiguous(), out, mean, rstd, N * L, L, d, eps,
         ys.stride(0), ys.stride(1), ys.stride(2), z.stride(0), z.stride(1), out.stride(0), out.stride(1),
-        K=K, ACC=_tl_acc(ys.dtype), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, num_warps=plan.num_warps)
+        K=K, ACC=tl_dtype(accumulation_dtype(ys.dtype)), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, num_warps=plan.num_warps)
     return out, mean, rstd
 
 
@@ -170,15 +154,15 @@ _fwd = torch.library.custom_op("lamamba::gated_norm_fwd", _fwd_impl, mutates_arg
 @_fwd.register_fake
 def _(ys, z, weight, bias, eps, out_dtype):
     N, L, K, d = ys.shape
-    return (ys.new_empty((N, L, d), dtype=out_dtype), ys.new_empty((N * L,), dtype=_acc(ys.dtype)),
-            ys.new_empty((N * L,), dtype=_acc(ys.dtype)))
+    return (ys.new_empty((N, L, d), dtype=out_dtype), ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)),
+            ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)))
 
 
 def _bwd_impl(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
               rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(ds (N, L, d) in ys's dtype: the gradient of each direction's ys, dz (N, L, d) contiguous, dweight, dbias)."""
     N, L, K, d = ys.shape
-    ys, z, dout = _unit_channel_stride(ys), _unit_channel_stride(z), _unit_channel_stride(dout)
+    ys, z, dout = unit_channel_stride(ys), unit_channel_stride(z), unit_channel_stride(dout)
     ds = ys.new_empty((N, L, d))
     dz = z.new_empty((N, L, d))
     if N * L == 0:
@@ -186,11 +170,11 @@ def _bwd_impl(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor,
     kernels = _kernels(ys.device)
     plan = _plan(N * L, d, backward=True)
     programs, per_program = plan.bwd_grid(ys.device)
-    part = ys.new_empty((2, programs, d), dtype=_acc(ys.dtype))                 # dw, db per program
+    part = ys.new_empty((2, programs, d), dtype=accumulation_dtype(ys.dtype))                 # dw, db per program
     kernels.gated_norm_bwd_kernel[(programs,)](
         dout, ys, z, weight.contiguous(), bias.contiguous(), mean, rstd, ds, dz, part[0], part[1], N * L, L, d,
         per_program, dout.stride(0), dout.stride(1), ys.stride(0), ys.stride(1), ys.stride(2), z.stride(0),
-        z.stride(1), K=K, ACC=_tl_acc(ys.dtype), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d,
+        z.stride(1), K=K, ACC=tl_dtype(accumulation_dtype(ys.dtype)), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d,
         STAGES=LAUNCH.bwd_num_stages, num_warps=plan.num_warps)
     # one small launch for both sums (~3 us on an H200; torch's column reduction took ~8.5 us)
     dw, db = weight.new_empty(weight.shape), bias.new_empty(bias.shape)
@@ -206,11 +190,6 @@ _bwd = torch.library.custom_op("lamamba::gated_norm_bwd", _bwd_impl, mutates_arg
 def _(dout, ys, z, weight, bias, mean, rstd):
     N, L, K, d = ys.shape
     return ys.new_empty((N, L, d)), z.new_empty((N, L, d)), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
-
-
-def _tl_acc(dtype: torch.dtype):
-    import triton.language as tl
-    return tl.float64 if _acc(dtype) == torch.float64 else tl.float32
 
 
 def _setup_context(ctx, inputs, output):

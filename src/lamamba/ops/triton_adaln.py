@@ -5,23 +5,17 @@ Called through ``lamamba.ops.fused_adaln.add_norm_modulate``, which checks shape
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
 
 from lamamba.ops import triton_adaln_kernels as kernels
+from lamamba.ops.triton_common import check_device, sm_count, tl_dtype
 
 _ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide memory latency)
 _TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int, int]:
@@ -29,7 +23,7 @@ def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int
     block_d = triton.next_power_of_2(D)
     block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, triton.next_power_of_2(T))).bit_length() - 1)
     n_tiles = triton.cdiv(T, block_r)
-    tiles = max(1, (N * n_tiles) // (_ROW_TARGET * _sm_count(device)))
+    tiles = max(1, (N * n_tiles) // (_ROW_TARGET * sm_count(device)))
     return tiles, triton.cdiv(n_tiles, tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))
 
 
@@ -49,14 +43,12 @@ def _acc(x: Tensor, branch: Optional[Tensor], res_dtype: torch.dtype, out_dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
 def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weight: Tensor, bias: Tensor,
               shift: Tensor, scale: Tensor, eps: float, res_dtype: torch.dtype,
               out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x_out (empty without a branch), out, mean, rstd); x (N, T, D) contiguous."""
     N, T, D = x.shape
+    check_device(x.device, kernels.adaln_fwd_kernel, "AdaLN")
     has_res = branch is not None
     (gate, shift, scale), stride_mod = _vectors(gate, shift, scale)
     x_out = x.new_empty(x.shape, dtype=res_dtype) if has_res else x.new_empty((0,), dtype=res_dtype)
@@ -67,7 +59,7 @@ def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weigh
     kernels.adaln_fwd_kernel[(N, n_pb)](
         x, branch if has_res else x, gate if has_res else shift, weight, bias, shift, scale,
         x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps, tiles,
-        HAS_RESIDUAL=has_res, BLOCK_R=block_r, BLOCK_D=block_d, ACC=_TL[acc], num_warps=warps)
+        HAS_RESIDUAL=has_res, BLOCK_R=block_r, BLOCK_D=block_d, ACC=tl_dtype(acc), num_warps=warps)
     return x_out, out, mean, rstd
 
 
@@ -99,7 +91,7 @@ def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[
     kernels.adaln_bwd_kernel[(N, n_pb)](
         dout, dxo if dxo is not None else dout, xo, branch if has_res else xo, gate if has_res else scale,
         weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_pb, tiles,
-        HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, BLOCK_R=block_r, BLOCK_D=block_d, ACC=_TL[mean.dtype],
+        HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, BLOCK_R=block_r, BLOCK_D=block_d, ACC=tl_dtype(mean.dtype),
         num_warps=warps)
     dw, db = part[0].sum((0, 1)).to(weight.dtype), part[1].sum((0, 1)).to(bias.dtype)
     dshift, dscale = part[2].sum(1), part[3].sum(1).to(scale.dtype)

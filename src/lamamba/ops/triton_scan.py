@@ -14,18 +14,16 @@ CPU tensors, through Triton's interpreter (slow; for tests).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
-from triton.runtime.jit import JITFunction
 
 from lamamba.ops import triton_scan_kernels
+from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype
 
 
 @dataclass(frozen=True)
@@ -73,36 +71,20 @@ class _Tiles:
         return dict(asdict(self), STAGES=LAUNCH.num_stages, num_warps=warps)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _tiles(N: int, d: int, rows: int, device: torch.device) -> _Tiles:
     """Tiles for state size ``N`` and ``d`` channels per direction, ``rows`` programs per channel block."""
     cfg = LAUNCH
     block_n = triton.next_power_of_2(N)
     block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
-    while block_d > cfg.min_block_d and rows * triton.cdiv(d, block_d) < cfg.programs_per_sm * _sm_count(device):
+    while block_d > cfg.min_block_d and rows * triton.cdiv(d, block_d) < cfg.programs_per_sm * sm_count(device):
         block_d //= 2
     return _Tiles(cfg.block_t, block_d, block_n)
 
 
 def _kernels(device: torch.device) -> ModuleType:
     """The kernel module, after checking that ``device`` can run it."""
-    if device.type != "cuda" and isinstance(triton_scan_kernels.scan_fwd_kernel, JITFunction):
-        raise ValueError(f"the Triton scan kernels need CUDA tensors, got {device.type} ones; for CPU tensors "
-                         "set TRITON_INTERPRET=1 before triton is first imported (Triton's interpreter)")
+    check_device(device, triton_scan_kernels.scan_fwd_kernel, "scan")
     return triton_scan_kernels
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float32, or float64 for float64 inputs (as the reference)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _or(t: Optional[Tensor], fallback: Tensor) -> Tensor:
@@ -177,13 +159,13 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     Returns ``out`` in u's dtype and the last state (batch, channels, N) in float32 (float64 for float64).
     """
     launch = _mamba_launch(u, A, B)
-    acc = _acc_dtype(u.dtype)
+    acc = accumulation_dtype(u.dtype)
     out = torch.empty_like(u)
     last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=acc)
     _kernels(u.device).scan_fwd_kernel[launch.grid](
         u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), out, last, A, *launch.scalars(),
         **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True, STORE_LAST=True, STORE_CKPT=False,
-        ACC=_tl_dtype(acc), **launch.tiles.meta())
+        ACC=tl_dtype(acc), **launch.tiles.meta())
     return out, last
 
 
@@ -197,19 +179,19 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
     reverse-time pass.
     """
     launch = _mamba_launch(u, A, B)
-    acc = _acc_dtype(u.dtype)
+    acc = accumulation_dtype(u.dtype)
     kernels, flags = _kernels(u.device), _mamba_flags(D, z, delta_bias, delta_softplus)
     states = launch.states(u, acc)
     kernels.scan_fwd_kernel[launch.grid](
         u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, A, states, *launch.scalars(),
-        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=_tl_dtype(acc), **launch.tiles.meta())
+        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=tl_dtype(acc), **launch.tiles.meta())
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else u.new_empty(0)
     dB, dC, dA, dD, dbias = launch.bwd_buffers(u, B, acc)
     kernels.scan_bwd_kernel[launch.grid](
         dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), states,
         du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
-        **flags, ATOMIC_BC=launch.atomic_bc, ACC=_tl_dtype(acc), **launch.tiles.meta(backward=True))
+        **flags, ATOMIC_BC=launch.atomic_bc, ACC=tl_dtype(acc), **launch.tiles.meta(backward=True))
     empty = u.new_empty(0)
     return [du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             empty if D is None else dD.sum(0).to(D.dtype), dz,

@@ -17,15 +17,13 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
-from triton.runtime.jit import JITFunction
 
 from lamamba.ops import triton_ss2d_kernels as kernels
+from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype, unit_channel_stride
 
 K = 4  # scan directions
 
@@ -66,17 +64,6 @@ def _with_overrides(base: SS2DLaunchConfig, spec: str) -> SS2DLaunchConfig:
     return dataclasses.replace(base, **overrides)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
-def _check_device(device: torch.device) -> None:
-    if device.type != "cuda" and isinstance(kernels.ss2d_fwd_kernel, JITFunction):
-        raise ValueError(f"the Triton SS2D kernels need CUDA tensors, got {device.type} ones; for CPU tensors set "
-                         "TRITON_INTERPRET=1 before triton is first imported (Triton's interpreter)")
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Tiles, chunks and grid of one problem."""
@@ -108,7 +95,7 @@ class _Plan:
 
     def meta(self, acc: torch.dtype, backward: bool) -> dict:
         cfg = launch_config()
-        return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_T=self.block_t,
+        return dict(ACC=tl_dtype(acc), BLOCK_T=self.block_t,
                     BLOCK_D=self.block_d, BLOCK_N=self.block_n,
                     STAGES=cfg.bwd_num_stages if backward else cfg.num_stages,
                     num_warps=cfg.bwd_num_warps if backward else cfg.num_warps)
@@ -125,21 +112,13 @@ def _plan(batch: int, H: int, W: int, d: int, N: int, device: torch.device) -> _
     block_d = max(1, min(cfg.max_block_d, cfg.state_lanes // block_n, triton.next_power_of_2(d)))
     n_tiles = triton.cdiv(H * W, cfg.block_t)
     programs = batch * K * triton.cdiv(d, block_d)
-    want = triton.cdiv(cfg.programs_per_sm * _sm_count(device), programs)
+    want = triton.cdiv(cfg.programs_per_sm * sm_count(device), programs)
     chunk_tiles = triton.cdiv(n_tiles, max(1, min(want, cfg.max_chunks, n_tiles)))
     return _Plan(batch, H, W, d, N, cfg.block_t, block_d, block_n, chunk_tiles, triton.cdiv(n_tiles, chunk_tiles))
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _strides(x: Tensor, delta: Tensor, B: Tensor) -> tuple:
     return (x.stride(0), x.stride(1), delta.stride(0), delta.stride(1), delta.stride(2), *B.stride())
-
-
-def _channels_last(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,10 +129,10 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Tensor, ...], _Plan, torch.dtype]:
     """The inputs as the kernels read them (channels-last signals, B and C with equal strides, contiguous
     parameters), the launch plan and the accumulation dtype; shared by the forward and backward ops."""
-    _check_device(x.device)
+    check_device(x.device, kernels.ss2d_fwd_kernel, "SS2D")
     B, C = _bc(B, C)
-    inputs = (_channels_last(x), _channels_last(delta), A.contiguous(), B, C, D.contiguous(), delta_bias.contiguous())
-    return inputs, _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device), _acc_dtype(x.dtype)
+    inputs = (unit_channel_stride(x), unit_channel_stride(delta), A.contiguous(), B, C, D.contiguous(), delta_bias.contiguous())
+    return inputs, _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device), accumulation_dtype(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,7 +160,7 @@ def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, d
 def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
     plan_tiles = triton.cdiv(H * W, launch_config().block_t)
     shape = (x.shape[0], K, plan_tiles, x.shape[2], A.shape[1]) if save_states else (0,)
-    return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=_acc_dtype(x.dtype))
+    return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=accumulation_dtype(x.dtype))
 
 
 @torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
@@ -189,7 +168,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
     (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
-    dys = _channels_last(dys)
+    dys = unit_channel_stride(dys)
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
     ddelta = torch.empty_like(delta)
