@@ -49,17 +49,9 @@ def run(fn, inp, eps=1e-5):
     return x_out, out, dict(zip(names, grads))
 
 
-@pytest.fixture
-def triton_route(monkeypatch):
-    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
-
-
-@interpreter
-@pytest.mark.parametrize("residual", [True, False])
-@pytest.mark.parametrize("N,H,W,D,mod_shape", [(2, 3, 5, 24, "flat"), (3, 4, 4, 16, "block"), (1, 7, 1, 40, "flat")])
-def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
-    inp = inputs(N, H, W, D, residual, mod_shape=mod_shape)
-    x_out, out, grads = run(add_norm_modulate, inp)
+def assert_matches_naive(fn, inp):
+    """``fn``'s outputs (residual and modulated) and every gradient equal the naive implementation's."""
+    x_out, out, grads = run(fn, inp)
     ref_x, ref_out, ref_grads = run(naive, inp)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(x_out, ref_x)
@@ -69,6 +61,18 @@ def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
         torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
 
 
+@pytest.fixture
+def triton_route(monkeypatch):
+    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
+
+
+@interpreter
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("N,H,W,D,mod_shape", [(2, 3, 5, 24, "flat"), (3, 4, 4, 16, "block"), (1, 7, 1, 40, "flat")])
+def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
+    assert_matches_naive(add_norm_modulate, inputs(N, H, W, D, residual, mod_shape=mod_shape))
+
+
 @interpreter
 @pytest.mark.parametrize("row_target,tile_elements", [(64, 4096), (1, 32), (3, 48)])
 def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
@@ -76,12 +80,7 @@ def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
     not a multiple of the tile."""
     monkeypatch.setattr(triton_adaln, "_ROW_TARGET", row_target)
     monkeypatch.setattr(triton_adaln, "_TILE_ELEMENTS", tile_elements)
-    inp = inputs(2, 5, 7, 12, True)
-    _, out, grads = run(add_norm_modulate, inp)
-    _, ref_out, ref_grads = run(naive, inp)
-    torch.testing.assert_close(out, ref_out)
-    for k in grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
+    assert_matches_naive(add_norm_modulate, inputs(2, 5, 7, 12, True))
 
 
 @interpreter
@@ -99,12 +98,7 @@ def test_low_precision_and_dtypes(triton_route):
 
 
 def test_reference_route_matches_naive():
-    inp = inputs(2, 3, 3, 8, True)
-    _, out, grads = run(add_norm_modulate_reference, inp)
-    _, ref_out, ref_grads = run(naive, inp)
-    torch.testing.assert_close(out, ref_out)
-    for k in grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
+    assert_matches_naive(add_norm_modulate_reference, inputs(2, 3, 3, 8, True))
 
 
 @interpreter
@@ -162,10 +156,5 @@ def test_gpu_bf16_model_shapes(D):
 def test_compiles_without_graph_breaks(triton_route):
     """torch.compile traces the custom op (one opaque node), forward and backward; eager uses the same kernels."""
     torch._dynamo.reset()
-    inp = inputs(2, 3, 4, 8, True)
-    fn = torch.compile(add_norm_modulate, fullgraph=True, backend="aot_eager")
-    x_out, out, grads = run(lambda *a: fn(*a), inp)
-    _, ref_out, ref_grads = run(naive, inp)
-    torch.testing.assert_close(out, ref_out)
-    for k in grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], msg=k)
+    compiled = torch.compile(add_norm_modulate, fullgraph=True, backend="aot_eager")
+    assert_matches_naive(compiled, inputs(2, 3, 4, 8, True))
