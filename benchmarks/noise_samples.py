@@ -27,7 +27,6 @@ import json
 import math
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
 from lamamba.diffusion import create_diffusion
+from lamamba.experiment import fashion_mnist
 from lamamba.ops.window_attention import relative_position_index, window_geometry, window_partition
 from lamamba import sample as sample_module
 from lamamba.sample import generate, sample_seed, to_uint8
@@ -43,9 +43,8 @@ THRESHOLD = 45.0  # lamamba.experiment.fashion_mnist.noise_fraction's threshold 
 
 
 def roughness(images: torch.Tensor) -> np.ndarray:
-    """Per-sample mean |horizontal neighbour difference| of the uint8 image (the failure score)."""
-    x = to_uint8(images).astype(np.float32)
-    return np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+    """Per-sample failure score of model-space samples: the experiment's ``roughness`` of their uint8 images."""
+    return fashion_mnist.roughness(to_uint8(images))
 
 
 def train(args) -> None:

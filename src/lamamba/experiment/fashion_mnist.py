@@ -32,7 +32,7 @@ from lamamba.data.builtin import FASHION_MNIST_ENV
 from lamamba.training.distributed import pick_device
 
 __all__ = ["Run", "RUNS", "GROUPS", "ExperimentConfig", "select_runs", "train_run", "sample_run", "score_run",
-           "score_images", "throughput", "noise_fraction", "test_images"]
+           "score_images", "throughput", "roughness", "noise_fraction", "test_images"]
 
 logger = logging.getLogger("lamamba.experiment")
 
@@ -249,14 +249,18 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
     return npz
 
 
-def noise_fraction(images: np.ndarray, threshold: float = 45.0) -> float:
-    """Fraction of uint8 samples that are pure noise rather than a picture: mean absolute difference between
-    horizontal neighbours above ``threshold`` (of 255). 0.07% of the real test images exceed 45; the failed
-    samples of docs/RESULTS.md score 50-70."""
+def roughness(images: np.ndarray) -> np.ndarray:
+    """Per sample, the mean absolute difference between horizontal neighbours of uint8 images (N, H, W[, C])."""
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
         x = x[..., None]
-    return float((np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3)) > threshold).mean())
+    return np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+
+
+def noise_fraction(images: np.ndarray, threshold: float = 45.0) -> float:
+    """Fraction of uint8 samples that are pure noise rather than a picture: ``roughness`` above ``threshold``
+    (of 255). 0.07% of the real test images exceed 45; the failed samples of docs/RESULTS.md score 50-70."""
+    return float((roughness(images) > threshold).mean())
 
 
 def test_images(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
