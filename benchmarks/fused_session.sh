@@ -5,6 +5,7 @@
 # commands, same card, one after the other), profiles of one XL step. GPU 0 meanwhile retrains LaMamba-Diff-S on
 # Fashion-MNIST and compares samplers on its failing noises (benchmarks/noise_samples.py; COMPARE_SETTINGS; the
 # call in docs/RESULTS.md used dpm++2m:20,dpm++2m-sde:25,dpm++2m-sde:50,ddpm:100). NOISE=0: only the GPU 1 part.
+# COMPILE_FM=1: then the small models compiled, regional and with CUDA graphs, until DEADLINE_S (560) seconds.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
@@ -31,9 +32,21 @@ for tree in .carry/base/src src; do
   tag=$([ "$tree" = src ] && echo new || echo base)
   bench $tree fm-$tag --preset fashion-mnist --compile none
   bench $tree xl256-$tag --model LaMamba-Diff-XL --model DiT-XL/2 --compile none
-  PYTHONPATH=$tree timeout 100 python3 benchmarks/profile_step.py --model LaMamba-Diff-XL --image-size 256 \
-    --batch-size 64 > "$OUT/profile-$tag.txt" 2>&1
+  [ "${PROFILE_XL:-1}" = 1 ] && PYTHONPATH=$tree timeout 100 python3 benchmarks/profile_step.py \
+    --model LaMamba-Diff-XL > "$OUT/profile-$tag.txt" 2>&1
+  PYTHONPATH=$tree timeout 60 python3 benchmarks/profile_step.py --preset fashion-mnist --model LaMamba-Diff-S \
+    > "$OUT/profile-s-$tag.txt" 2>&1
 done
+# The small models compiled (regional, then with CUDA graphs), in whatever time the call has left (COMPILE_FM=1).
+if [ "${COMPILE_FM:-0}" = 1 ]; then
+  export LAMAMBA_CACHE_DIR=/tmp/lamamba-compile-cache
+  for extra in "" "--cuda-graphs"; do
+    left=$(( ${DEADLINE_S:-560} - SECONDS )); [ $left -gt 30 ] || break
+    PYTHONPATH=src timeout $left python3 -m lamamba.cli bench --preset fashion-mnist --compile all \
+      --compile-scope regional $extra --steps 20 --warmup 5 --out "$OUT/fm-compiled${extra:+-cg}.json" 2>&1 \
+      | grep -aE "^(LaMamba|DiT|card|model)" | sed "s|^|fm-compiled$extra |" | tee -a "$OUT/bench.txt"
+  done
+fi
 wait
 cat "$OUT"/compare.txt "$OUT"/noise-train-tail.txt 2>/dev/null
-for tag in base new; do echo "== profile $tag"; grep -A12 "GPU time per step" "$OUT/profile-$tag.txt"; done
+for f in "$OUT"/profile-*.txt; do echo "== $f"; grep -A12 "GPU time per step" "$f"; done

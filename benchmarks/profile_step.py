@@ -1,16 +1,22 @@
 """Profile one training step (forward, diffusion loss, backward, AdamW) on CUDA and group GPU time by kind.
 
     python benchmarks/profile_step.py --model LaMamba-Diff-XL --image-size 256 --batch-size 64 [--compile]
+    python benchmarks/profile_step.py --preset fashion-mnist --model LaMamba-Diff-S   # 32x32 pixels, batch 128
+
+Besides GPU time it prints the host (wall) time of a step and the number of kernel launches: a step whose wall
+time is well above its GPU time is bound by launches and host work, not by the kernels.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lamamba import create_model
+from lamamba.bench import PRESETS
 from lamamba.diffusion import create_diffusion
 
 GROUPS = [  # (group, substrings of kernel names), first match wins
@@ -29,20 +35,27 @@ GROUPS = [  # (group, substrings of kernel names), first match wins
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="LaMamba-Diff-XL")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
+                   help="input setting as `lamamba bench --preset` (image size, channels, classes, batch)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--rows", type=int, default=30)
     args = p.parse_args()
+    preset = PRESETS[args.preset]
+    args.image_size = args.image_size or preset["image_size"]
+    args.batch_size = args.batch_size or preset["batch_size"]
+    channels, classes = preset["in_channels"], preset["num_classes"]
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = create_model(args.model, image_size=args.image_size).cuda()
+    model = create_model(args.model, image_size=args.image_size, in_channels=channels, num_classes=classes,
+                         latent_downsample=preset["latent_downsample"]).cuda()
     net = torch.compile(model) if args.compile else model
     diffusion = create_diffusion()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
-    side = args.image_size // 8
-    x = torch.randn(args.batch_size, 4, side, side, device="cuda")
+    side = model.config.input_size
+    x = torch.randn(args.batch_size, channels, side, side, device="cuda")
     t = torch.randint(0, 1000, (args.batch_size,), device="cuda")
-    y = torch.randint(0, 1000, (args.batch_size,), device="cuda")
+    y = torch.randint(0, classes, (args.batch_size,), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -54,19 +67,26 @@ def main() -> None:
     for _ in range(5):
         step()
     torch.cuda.synchronize()
+    begin = time.perf_counter()
+    for _ in range(10):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - begin) * 100  # per step, without the profiler
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         for _ in range(2):
             step()
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
+    launches = sum(e.count for e in events)
     groups: dict[str, float] = collections.defaultdict(float)
     for e in events:
         name = e.key
         group = next((g for g, keys in GROUPS if any(k.lower() in name.lower() for k in keys)), "other")
         groups[group] += e.self_device_time_total
     print(f"{args.model} {args.image_size}px batch {args.batch_size} compiled={args.compile}: "
-          f"GPU time per step {total / 2 / 1000:.1f} ms")
+          f"GPU time per step {total / 2 / 1000:.1f} ms, wall time {wall_ms:.1f} ms, "
+          f"{launches // 2} kernels per step")
     for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {g:<20} {us / 2 / 1000:8.1f} ms  {100 * us / total:5.1f}%")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
