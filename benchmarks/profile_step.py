@@ -90,6 +90,8 @@ def main() -> None:
     for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {g:<20} {us / 2 / 1000:8.1f} ms  {100 * us / total:5.1f}%")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+    print("host side (CPU time, two steps):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=70))
 
 
 if __name__ == "__main__":

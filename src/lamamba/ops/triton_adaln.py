@@ -5,10 +5,10 @@ Called through ``lamamba.ops.fused_adaln.add_norm_modulate``, which checks shape
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 
 from lamamba.ops import triton_adaln_kernels as kernels
@@ -18,13 +18,15 @@ _ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide m
 _TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
 
 
+@functools.lru_cache(maxsize=None)
 def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(tiles per program, programs per sample, BLOCK_R, BLOCK_D, num_warps)."""
-    block_d = triton.next_power_of_2(D)
-    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, triton.next_power_of_2(T))).bit_length() - 1)
-    n_tiles = triton.cdiv(T, block_r)
+    """(tiles per program, programs per sample, BLOCK_R, BLOCK_D, num_warps); plain integer arithmetic, cached
+    (this runs at every call: eager small models are bound by host time)."""
+    block_d = 1 << (D - 1).bit_length()
+    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, 1 << (T - 1).bit_length())).bit_length() - 1)
+    n_tiles = -(-T // block_r)
     tiles = max(1, (N * n_tiles) // (_ROW_TARGET * sm_count(device)))
-    return tiles, triton.cdiv(n_tiles, tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))
+    return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))
 
 
 def _vectors(*ts: Optional[Tensor]) -> tuple[list[Optional[Tensor]], int]:
