@@ -160,6 +160,8 @@ def test_states_saved_only_when_differentiating():
 @interpreter
 def test_custom_ops_pass_opcheck_and_compile_to_one_graph():
     inp = ss2d_inputs(1, 2, 4, 2, 1, dtype=torch.float32)
+    # delta K-major, as the model's einsum gives it on CUDA: the fake gradients must have the real ones' strides
+    inp["delta"] = inp["delta"].permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
     args = [inp[k].requires_grad_(True) for k in NAMES]
     torch.library.opcheck(torch.ops.lamamba.ss2d_scan_fwd.default, (*args, 2, 4, True))
     ys, ckpt = torch.ops.lamamba.ss2d_scan_fwd(*[a.detach() for a in args], 2, 4, True)

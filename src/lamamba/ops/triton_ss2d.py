@@ -171,7 +171,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     dys = unit_channel_stride(dys)
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
-    ddelta = torch.empty_like(delta)
+    ddelta = torch.empty_like(delta)  # the kernel writes it with delta's strides (the fake says the same)
     dB, dC = (x.new_empty((plan.n_dblocks, batch, L, K, plan.N), dtype=acc) for _ in range(2))
     parts = (batch * plan.n_chunks, K * d)
     dA, dD, dbias = x.new_empty((*parts, plan.N), dtype=acc), x.new_empty(parts, dtype=acc), \
@@ -190,7 +190,8 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 @_bwd.register_fake
 def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W):
-    return [x.new_empty(x.shape), delta.new_empty(delta.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+    ddelta = torch.empty_like(unit_channel_stride(delta))  # delta's layout, as the kernel writes it (often K-major)
+    return [x.new_empty(x.shape), ddelta, A.new_empty(A.shape), B.new_empty(B.shape),
             C.new_empty(C.shape), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape)]
 
 
