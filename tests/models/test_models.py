@@ -265,3 +265,23 @@ def test_decoder_depths_follow_the_released_rule():
     model = lamamba.create_model("LaMamba-Diff-S", image_size=16, latent_downsample=1, in_channels=1, num_classes=0,
                                  embed_dim=8, cond_dim=16, num_heads=2, window_size=4, depths=(1, 0, 1, 0))
     assert [len(stage.blocks) for stage in model.layers_up] == [0, 2, 1, 2]
+
+
+@pytest.mark.parametrize("rank,align", [(1, 8), (3, 8), (6, 8), (8, 8), (20, 8), (6, None)])
+def test_dt_projection_is_the_per_direction_einsum(rank, align):
+    """The padded per-sample product equals the einsum it replaces, values and both gradients (float64)."""
+    from lamamba.models.lamamba import dt_projection
+
+    g = torch.Generator().manual_seed(rank)
+    x_dbl = torch.randn(3, 10, 4, rank + 2, dtype=torch.float64, generator=g, requires_grad=True)
+    dt_raw = x_dbl[..., :rank]                      # a strided view, as the model's split gives it
+    weight = torch.randn(4, 5, rank, dtype=torch.float64, generator=g, requires_grad=True)
+    out = dt_projection(dt_raw, weight, align)  # align 8: the CUDA padding, here on the CPU
+    expected = torch.einsum("blkr,kdr->blkd", dt_raw, weight)
+    assert out.shape == expected.shape == (3, 10, 4, 5) and out.stride(-1) == 1
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    dout = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    grads = torch.autograd.grad(out, (x_dbl, weight), dout)
+    expected_grads = torch.autograd.grad(expected, (x_dbl, weight), dout)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
