@@ -22,7 +22,6 @@ bf16, EMA 0.999) but keeps a checkpoint every 240 steps. ``diagnose`` then measu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -36,7 +35,6 @@ from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pret
 from lamamba.diffusion import create_diffusion
 from lamamba.experiment import fashion_mnist
 from lamamba.ops.window_attention import relative_position_index, window_geometry, window_partition
-from lamamba import sample as sample_module
 from lamamba.sample import generate, sample_seed, to_uint8
 
 THRESHOLD = 45.0  # lamamba.experiment.fashion_mnist.noise_fraction's threshold (of 255)
@@ -65,38 +63,13 @@ def train(args) -> None:
     sys.exit(train_cli.run(_parse(train_cli, argv)))
 
 
-@contextlib.contextmanager
-def centered_initial_noise():
-    """Inside: every ``generate`` call's initial noise has zero mean per sample and channel (the remedy to
-    test, docs/RESULTS.md); the noise drawn at later steps (DDPM, SDE) is left alone."""
-    original = sample_module._draw
-    calls = {"n": 0}
-
-    def draw(generators, shape, device):
-        z = original(generators, shape, device)
-        calls["n"] += 1
-        return z - z.mean(dim=(-2, -1), keepdim=True) if calls["n"] == 1 else z
-
-    def wrapped(*args, **kwargs):
-        calls["n"] = 0
-        return generate_original(*args, **kwargs)
-
-    generate_original = sample_module.generate
-    sample_module._draw = draw
-    try:
-        yield wrapped
-    finally:
-        sample_module._draw = original
-
-
 def sample(model, diffusion, idx, labels, *, sampler="dpm++2m", steps=20, bf16=True, center=False):
     out = []
-    with (centered_initial_noise() if center else contextlib.nullcontext(generate)) as gen:
-        for s in range(0, len(idx), 1000):
-            out.append(gen(model, diffusion, indices=idx[s:s + 1000], labels=labels[s:s + 1000], seed=0,
-                           sampler=sampler, steps=steps,
-                           autocast_dtype=torch.bfloat16 if bf16 and torch.cuda.is_available() else None,
-                           clip_denoised=False))
+    for s in range(0, len(idx), 1000):
+        out.append(generate(model, diffusion, indices=idx[s:s + 1000], labels=labels[s:s + 1000], seed=0,
+                            sampler=sampler, steps=steps,
+                            autocast_dtype=torch.bfloat16 if bf16 and torch.cuda.is_available() else None,
+                            clip_denoised=False, center_noise=center))
     return torch.cat(out)
 
 

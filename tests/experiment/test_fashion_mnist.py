@@ -318,3 +318,28 @@ def test_curve_stage_scores_kept_checkpoints_and_plots(tiny_registry, fake_root,
     assert main(["experiment", "fashion-mnist", "--out", str(out), "--data-root", str(fake_root), *TINY_ARGS,
                  *extra]) == 0  # a rerun scores nothing again
     assert len((directory / "curve.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_sample_stage_passes_the_sampling_options(tmp_path, monkeypatch, center):
+    """--center-noise goes from the experiment's command line through its config to `lamamba sample`."""
+    import argparse
+
+    from lamamba import sample
+    from lamamba.experiment.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["fashion-mnist", "--out", str(tmp_path), "--device", "cpu"] + ["--center-noise"] * center
+    cfg = config_from_args(parser.parse_args(argv))
+    assert cfg.center_noise is center
+    seen = {}
+
+    def fake_run(args):
+        seen.update(vars(args))
+        Path(args.out).mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr(sample, "run", fake_run)
+    fm.sample_run(cfg, Run("x", "LaMamba-Diff-S", {}, "4", "x", {}))
+    assert seen["center_noise"] is center and seen["clip_denoised"] is False and seen["sampler"] == cfg.sampler

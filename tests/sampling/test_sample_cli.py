@@ -188,3 +188,28 @@ def test_clip_denoised_defaults_to_on_in_pixel_space(checkpoint, tmp_path):
             images[out.name] = data["arr_0"]
     assert np.array_equal(images["default"], images["--clip-denoised"])  # the checkpoint is a pixel-space model
     assert not np.array_equal(images["default"], images["--no-clip-denoised"])
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_center_noise_starts_from_the_zero_mean_noise(tiny_model, cfg_scale):
+    """center_noise: the ODE sampler run from each sample's x_T minus its per-channel spatial mean."""
+    diffusion, y = create_diffusion(), torch.tensor([2, 7])
+    kw = dict(indices=[3, 5], labels=y, seed=1, sampler="ddim", steps=4, cfg_scale=cfg_scale)
+    ours = sample.generate(tiny_model, diffusion, center_noise=True, **kw)
+    x_T = torch.stack([torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(sample.sample_seed(1, i)))
+                       for i in (3, 5)])
+    x_T = x_T - x_T.mean(dim=(-2, -1), keepdim=True)
+    assert x_T.mean(dim=(-2, -1)).abs().max() < 1e-6
+    if cfg_scale == 1.0:
+        ref = diffusion.sample(tiny_model, None, x_T, sampler="ddim", steps=4, model_kwargs={"y": y})
+    else:
+        ref = cfg_first_half(diffusion.sample(tiny_model.forward_with_cfg, None, cfg_noise(x_T), sampler="ddim",
+                                              steps=4, model_kwargs=cfg_model_kwargs(y, 10, cfg_scale)))
+    torch.testing.assert_close(ours, ref)
+    assert not torch.allclose(ours, sample.generate(tiny_model, diffusion, **kw))
+
+
+def test_cli_center_noise(checkpoint, tmp_path, capsys):
+    assert sample.main([str(checkpoint), "--num-samples", "2", "--labels", "4", "--sampler", "ddim", "--steps", "3",
+                        "--npz", "--out", str(tmp_path / "c"), "--no-progress", "--center-noise"]) == 0
+    assert "centered noise" in capsys.readouterr().out

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"samples per forward pass (default: {defaults.sample_batch})")
     parser.add_argument("--clip-denoised", action="store_true",
                         help="clamp predicted clean images to [-1, 1] while sampling (default: off, as reported)")
+    parser.add_argument("--center-noise", action="store_true",
+                        help="zero-mean initial noise per sample while sampling: the failed-sample remedy of "
+                             "docs/RESULTS.md (default: off, as reported)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile training (default: off, as the reported runs)")
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")

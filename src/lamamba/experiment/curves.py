@@ -66,7 +66,7 @@ def _draw(cfg: ExperimentConfig, model, diffusion, n: int, cfg_scale: float, dev
         z = generate(model, diffusion, indices=idx, labels=labels[idx.start:idx.stop], seed=0, sampler=cfg.sampler,
                      steps=cfg.sample_steps, cfg_scale=cfg_scale, device=device,
                      autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
-                     clip_denoised=cfg.clip_denoised)
+                     clip_denoised=cfg.clip_denoised, center_noise=cfg.center_noise)
         images.append(to_uint8(z))
     return np.concatenate(images)
 

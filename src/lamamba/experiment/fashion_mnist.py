@@ -97,6 +97,7 @@ class ExperimentConfig:
     sample_steps: int = 20
     sample_batch: int = 1000
     clip_denoised: bool = False          # clamp predicted clean images to [-1, 1] while sampling (ADM, pixel space)
+    center_noise: bool = False           # zero-mean initial noise per sample (the failed-sample remedy, RESULTS.md)
     compile: bool = False                # eager, as measured in docs/RESULTS.md (compiling pays off in longer runs)
     num_workers: int = 4
     device: str = "auto"
@@ -241,7 +242,7 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
             "--steps", str(cfg.sample_steps), "--cfg-scale", "1", "--seed", "0",
             "--batch-size", str(cfg.sample_batch), "--npz", "--grid-max", "100", "--out", str(out),
             "--device", cfg.device, "--precision", "bf16" if cuda else "fp32", "--no-progress",
-            "--clip-denoised" if cfg.clip_denoised else "--no-clip-denoised"]
+            "--clip-denoised" if cfg.clip_denoised else "--no-clip-denoised"] + ["--center-noise"] * cfg.center_noise
     tic = time.time()
     sample.run(_parse(sample, argv))
     (out / "sample.json").write_text(json.dumps(dict(command="lamamba sample " + " ".join(argv),
