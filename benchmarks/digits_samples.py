@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/digits_samples.py results/demo0 \
         --checkpoints 400,800 --settings dpm++2m:25:1:0:ema,dpm++2m:25:1:1:ema --n 500 [--json out.json]
 
-A setting is ``sampler:steps:cfg:clip:weights`` (clip 1 = ``clip_denoised``; weights ``ema`` or ``raw``).
+A setting is ``sampler:steps:cfg:clip:weights[:center]`` (clip 1 = ``clip_denoised``; weights ``ema`` or ``raw``;
+``center``: zero-mean initial noise, ``generate(center_noise=True)``).
 Samples are ``n / 10`` per class, sample i of the run seed 0 with label ``i // (n / 10)``, drawn with
 ``lamamba.sample.generate`` (the function ``lamamba sample`` calls), in fp32. Per setting it prints:
 
@@ -17,6 +18,9 @@ Samples are ``n / 10`` per class, sample i of the run seed 0 with label ``i // (
   largest of any real digit (0.345); ``lowconf``: the classifier's top probability below 0.3;
 * with ``--eps-probe``, per checkpoint: the EMA model's eps estimate at t = 999 on the initial noise of the
   samples, averaged over pixels binned by their value x_t (the right answer is x_t to within 0.006);
+* ``bright``: the spread of the samples' mean brightness (std over samples of the mean pixel) / the same
+  for real digits; ``shift``: (samples' mean brightness - real digits') / the real std (does a sampling
+  option narrow or move the brightness distribution?);
 * ``div``: mean pairwise L2 distance of same-class samples / the same for real digits of that class,
   averaged over classes; ``dup``: share of same-class sample pairs closer than the closest real pair of
   that class (near-identical images).
@@ -72,6 +76,8 @@ class Judge:
         real = build_dataset("digits", split="all")
         self.spike_max = float(spike(real.images).max())
         self.rough_max = float(roughness(real.images).max())
+        brightness = real.images.flatten(1).mean(1)
+        self.bright_mean, self.bright_std = float(brightness.mean()), float(brightness.std())
         self.real_spread, self.real_min = {}, {}
         for c in range(10):
             d = pairwise(real.images[real.labels == c])
@@ -91,6 +97,8 @@ class Judge:
                     range=float((raw.abs().flatten(1).amax(1) > 1.1).float().mean()),
                     noise=float((roughness(x) > self.rough_max).float().mean()),
                     lowconf=float((proba.max(1) < 0.3).mean()),
+                    bright=float(x.flatten(1).mean(1).std()) / self.bright_std,
+                    shift=(float(x.mean()) - self.bright_mean) / self.bright_std,
                     div=float(np.mean(div)), dup=float(np.mean(dup)))
 
 
@@ -108,11 +116,11 @@ def eps_probe(model: torch.nn.Module, labels: torch.Tensor, seed: int, t: int = 
 
 
 def parse_setting(text: str) -> dict:
-    sampler, steps, cfg, clip, weights = text.split(":")
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be ema or raw, got {weights!r}")
+    sampler, steps, cfg, clip, weights, *flags = text.split(":")
+    if weights not in ("ema", "raw") or flags not in ([], ["center"]):
+        raise ValueError(f"a setting is sampler:steps:cfg:clip:ema|raw[:center], got {text!r}")
     return dict(sampler=sampler, steps=int(steps), cfg_scale=float(cfg), clip_denoised=clip == "1",
-                use_ema=weights == "ema", name=text)
+                use_ema=weights == "ema", center_noise=flags == ["center"], name=text)
 
 
 def main() -> None:
@@ -146,7 +154,7 @@ def main() -> None:
             raw = torch.cat([generate(model, diffusion, indices=range(s, min(s + args.batch, len(labels))),
                                       labels=labels[s:s + args.batch], seed=args.seed, sampler=setting["sampler"],
                                       steps=setting["steps"], cfg_scale=setting["cfg_scale"],
-                                      clip_denoised=setting["clip_denoised"])
+                                      clip_denoised=setting["clip_denoised"], center_noise=setting["center_noise"])
                              for s in range(0, len(labels), args.batch)])
             result = dict(step=step, setting=setting["name"], n=len(labels), **judge(raw, labels),
                           seconds=round(time.perf_counter() - tic, 1))

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="override a model config field (JSON value), repeatable")
     g.add_argument("--diffusion-steps", type=int, default=None, help="training diffusion steps (default: 1000)")
     g.add_argument("--noise-schedule", default=None, help="beta schedule (default: linear)")
+    g.add_argument("--noise-offset", type=float, default=None,
+                   help="offset noise: add this x N(0, 1) per sample and channel, constant over the pixels, to the "
+                        "training noise (Guttenberg 2023; e.g. 0.1; default: 0, the paper's noise)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--global-batch-size", type=int, default=None, help="images per step over all processes")

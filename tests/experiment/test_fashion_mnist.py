@@ -186,6 +186,9 @@ def test_train_argv_carries_the_paper_recipe(tmp_path):
     assert "--no-compile" in argv and "--compile" not in argv
     cfg.compile = True
     assert "--compile" in fm.train_argv(cfg, run) and "--no-compile" not in fm.train_argv(cfg, run)
+    assert "--noise-offset" not in argv
+    cfg.noise_offset = 0.1
+    assert fm.train_argv(cfg, run)[-2:] == ["--noise-offset", "0.1"]
 
     # and `lamamba train` reads it back as intended
     from lamamba import train

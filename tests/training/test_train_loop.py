@@ -141,3 +141,29 @@ def test_compiled_run_compiles_the_blocks_of_the_model_and_the_ema(tmp_path, tra
     assert (run / "samples" / "0000002.png").is_file()
     assert load_pretrained(run).config.embed_dim == 8          # parameter names unchanged by compiling
     torch._dynamo.reset()
+
+
+def test_noise_offset_adds_one_draw_per_sample_and_channel(tmp_path, train_tiny, monkeypatch):
+    """--noise-offset a: the training noise is the run's usual draw plus a x one N(0, 1) per sample and channel,
+    drawn after it from the same generator (so --noise-offset 0 keeps the paper's noise and random stream)."""
+    from lamamba.diffusion.gaussian_diffusion import GaussianDiffusion
+    from lamamba.sample import sample_seed
+
+    seen = []
+    original = GaussianDiffusion.training_losses
+
+    def spy(self, model, x0, t, model_kwargs=None, noise=None):
+        seen.append((t.clone(), noise.clone()))
+        return original(self, model, x0, t, model_kwargs, noise)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", spy)
+    for offset in (0, 0.5):
+        assert train_tiny(tmp_path / f"offset{offset}", "--max-steps", 1, "--noise-offset", offset) == 0
+    (t0, plain), (t1, offset) = seen
+    g = torch.Generator().manual_seed(sample_seed(0, 0))
+    t = torch.randint(0, 1000, (len(t0),), generator=g)
+    base = torch.randn(plain.shape, generator=g)
+    per_channel = torch.randn((*plain.shape[:2], 1, 1), generator=g)
+    assert torch.equal(t0, t) and torch.equal(t1, t) and torch.equal(plain, base)
+    torch.testing.assert_close(offset, base + 0.5 * per_channel, rtol=0, atol=1e-6)
+    assert train_tiny(tmp_path / "bad", "--noise-offset", -1) != 0

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"AdamW learning rate (default: {defaults.lr})")
     parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
                         help=f"EMA decay, with warm-up (default: {defaults.ema_decay})")
+    parser.add_argument("--noise-offset", type=float, default=defaults.noise_offset,
+                        help="offset noise in training, e.g. 0.1 (default: 0, the paper's noise; docs/RESULTS.md, "
+                             "failed samples)")
     parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
                         help=f"samples per run, class-balanced (default: {defaults.num_samples:,})")
     parser.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler,

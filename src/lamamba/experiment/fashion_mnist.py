@@ -92,6 +92,7 @@ class ExperimentConfig:
     batch_size: int = 64                 # the paper: 256 on ImageNet; smaller for more optimizer steps
     lr: float = 1e-4                     # the paper's constant AdamW learning rate, no weight decay
     ema_decay: float = 0.999             # the paper: 0.9999 over 400k steps; 0.999 with warm-up suits ~10k steps
+    noise_offset: float = 0.0            # offset noise in training (`lamamba train --noise-offset`; 0: the paper's)
     num_samples: int = 10_000            # class-balanced: 1,000 per class
     sampler: str = "dpm++2m"             # the paper: DDPM, 250 steps (12x the network evaluations)
     sample_steps: int = 20
@@ -121,6 +122,8 @@ class ExperimentConfig:
         if self.curve_points < 0 or self.curve_samples < NUM_CLASSES or self.curve_samples % NUM_CLASSES:
             raise ValueError("--curve-points must be >= 0 and --curve-samples a positive multiple of 10, got "
                              f"{self.curve_points} and {self.curve_samples}")
+        if not self.noise_offset >= 0:
+            raise ValueError(f"--noise-offset must be >= 0, got {self.noise_offset}")
         if not self.features:
             raise ValueError("--features is empty; name inception and/or classifier")
         unknown = set(self.features) - {"inception", "classifier"}
@@ -172,6 +175,8 @@ def train_argv(cfg: ExperimentConfig, run: Run) -> list[str]:
     for key, value in run.overrides.items():
         argv += ["--model-arg", f"{key}={json.dumps(value)}"]
     argv.append("--compile" if cfg.compile else "--no-compile")
+    if cfg.noise_offset:
+        argv += ["--noise-offset", str(cfg.noise_offset)]
     return argv
 
 

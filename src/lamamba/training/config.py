@@ -69,6 +69,8 @@ class TrainConfig:
     # diffusion (SPEC 7.1)
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
+    noise_offset: float = 0.0             # offset noise (Guttenberg 2023): training noise + this x N(0, 1) per sample
+                                          # and channel, constant over pixels (0: the paper's Gaussian noise)
     # optimisation (paper 5.1, SPEC 7.4)
     global_batch_size: int = 256
     grad_accum: int = 1
@@ -143,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"--betas must be in [0, 1), got {tuple(self.betas)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.noise_offset) and self.noise_offset >= 0):
+            raise ValueError(f"--noise-offset must be >= 0, got {self.noise_offset}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad-clip must be positive, got {self.grad_clip}")
         if self.compile_scope not in ("regional", "full"):

@@ -217,8 +217,10 @@ class Trainer:
         g = torch.Generator(dev).manual_seed(sample_seed(self.config.seed, micro_step))
         n = shape[0] * W
         t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=g, device=dev)[r::W]
-        noise = torch.randn((n, *shape[1:]), generator=g, device=dev)[r::W]
-        return t, noise
+        noise = torch.randn((n, *shape[1:]), generator=g, device=dev)
+        if self.config.noise_offset:  # drawn after the noise: runs without an offset keep their random stream
+            noise = noise + self.config.noise_offset * torch.randn((n, shape[1], 1, 1), generator=g, device=dev)
+        return t, noise[r::W]
 
     def _lr(self, step: int) -> float:
         warmup = self.config.lr_warmup
