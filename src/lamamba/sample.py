@@ -94,7 +94,7 @@ def generate(
     CLI and the training grids choose it with :func:`clip_default`). ``center_noise`` removes each sample's
     per-channel spatial mean from its initial noise x_T (later steps' noise is untouched): an opt-in remedy for
     the "pure noise" samples of pixel-space LaMamba-Diff (docs/RESULTS.md: the noise's mean predicts them; with
-    DPM-Solver++(2M) they fell from 8.7% to 0.7%).
+    DPM-Solver++(2M) they fell from 8.7% to 0.7%), which also narrows the spread of the samples' brightness.
     """
     from lamamba.diffusion import DEFAULT_STEPS, SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise
     from lamamba.diffusion import evenly_spaced_timesteps
@@ -279,8 +279,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models, as ADM, off for latent models, as the paper; see docs/RESULTS.md, digits demo)")
     parser.add_argument("--center-noise", action="store_true",
                         help="zero-mean initial noise per sample and channel: removes most of the pure-noise "
-                             "samples of pixel-space LaMamba-Diff models (docs/RESULTS.md; off by default: the "
-                             "paper's sampler draws plain Gaussian noise)")
+                             "samples of pixel-space LaMamba-Diff models with deterministic samplers, but narrows "
+                             "the samples' brightness spread (docs/RESULTS.md; off by default: the paper's "
+                             "sampler draws plain Gaussian noise)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the network's blocks (regional compilation; off by default until "
                              "measured on GPUs, docs/PERFORMANCE.md)")
