@@ -109,6 +109,22 @@ def test_direction_gradient_is_one_tensor_expanded(route):
 
 
 @interpreter
+def test_the_backward_keeps_the_direction_sum_not_the_directions(route):
+    """Saved for the backward: the fp32 sum (N * L, d) and the statistics, not ys (N, L, K, d); without gradients
+    nothing beyond the statistics is written."""
+    route("triton")
+    (ys, proj, w, b), z = inputs(2, 3, 24, torch.bfloat16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = gated_norm(ys, z, w, b)
+    shapes = {tuple(t.shape) for t in saved}
+    assert (2 * 3, 24) in shapes and tuple(ys.shape) not in shapes
+    assert [t.dtype for t in saved if tuple(t.shape) == (2 * 3, 24)] == [torch.float32]
+    with torch.no_grad():
+        torch.testing.assert_close(gated_norm(ys, z, w, b), out.detach())
+
+
+@interpreter
 def test_ss2d_routes_agree(route):
     """SS2D end to end: the Triton scan and gated norm against the reference route, outputs and gradients."""
     from lamamba.models.lamamba import SS2D
@@ -136,11 +152,16 @@ def test_custom_ops_pass_opcheck_and_compile_to_one_graph(route, launch):
     route("triton")
     launch(64)
     (ys, proj, w, b), z = inputs(2, 3, 12, torch.float32)
-    torch.library.opcheck(torch.ops.lamamba.gated_norm_fwd.default, (ys, z, w, b, 1e-5, torch.float32))
+    torch.library.opcheck(torch.ops.lamamba.gated_norm_fwd.default, (ys, z, w, b, 1e-5, torch.float32, True))
+    with torch.no_grad():  # without the sum: a forward only
+        torch.library.opcheck(torch.ops.lamamba.gated_norm_fwd.default, (ys, z, w, b, 1e-5, torch.float32, False))
+    with pytest.raises(RuntimeError, match="save_sum=False"):
+        torch.ops.lamamba.gated_norm_fwd(ys, z, w, b, 1e-5, torch.float32, False)[0].sum().backward()
     with torch.no_grad():
-        out, mean, rstd = torch.ops.lamamba.gated_norm_fwd(ys, z, w, b, 1e-5, torch.float32)
-    args = [t.detach() for t in (torch.randn_like(out), ys, z, w, b)]
-    torch.library.opcheck(torch.ops.lamamba.gated_norm_bwd.default, (*args, mean, rstd))
+        out, mean, rstd, total = torch.ops.lamamba.gated_norm_fwd(ys, z, w, b, 1e-5, torch.float32, True)
+    torch.testing.assert_close(total, ys.detach().double().sum(2).float().view(-1, ys.shape[-1]))
+    args = [t.detach() for t in (torch.randn_like(out), total, z, w, b)]
+    torch.library.opcheck(torch.ops.lamamba.gated_norm_bwd.default, (*args, mean, rstd, ys.dtype))
     fn = lambda ys, proj, w, b: gated_norm(ys, proj.chunk(2, -1)[1], w, b).square().sum()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")   # fullgraph: no graph break
     leaves = [ys, proj, w, b]

@@ -59,7 +59,8 @@ def gated_norm(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float =
     _check(ys, z, weight, bias)
     out_dtype = out_dtype or z.dtype
     if scan_backend(ys.device) == "triton":
-        args = (ys, z, weight, bias, float(eps), out_dtype)
+        save_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (ys, z, weight, bias))
+        args = (ys, z, weight, bias, float(eps), out_dtype, save_sum)
         traced = torch.compiler.is_compiling() or ys.device.type == "meta"
         return _fwd(*args)[0] if traced else _Eager.apply(*args)
     return gated_norm_reference(ys, z, weight, bias, eps, out_dtype)
@@ -137,52 +138,57 @@ def _kernels(device: torch.device):
     return gated_norm_kernels
 
 
-def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
-              out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(out (N, L, d) in ``out_dtype``, mean (N * L,), rstd (N * L,)); statistics in the accumulation dtype."""
+def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype,
+              save_sum: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out (N, L, d) in ``out_dtype``, mean (N * L,), rstd (N * L,), the direction sum (N * L, d) if ``save_sum``
+    else empty); statistics and sum in the accumulation dtype. The backward needs the sum, not ``ys``."""
     N, L, K, d = ys.shape
     ys, z = unit_channel_stride(ys), unit_channel_stride(z)
+    acc = accumulation_dtype(ys.dtype)
     out = ys.new_empty((N, L, d), dtype=out_dtype)
-    mean, rstd = (ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)) for _ in range(2))
+    mean, rstd = (ys.new_empty((N * L,), dtype=acc) for _ in range(2))
+    total = ys.new_empty((N * L, d) if save_sum else (0,), dtype=acc)
     if N * L == 0:
-        return out, mean, rstd
+        return out, mean, rstd, total
     kernels = _kernels(ys.device)
     plan = _plan(N * L, d)
     kernels.gated_norm_fwd_kernel[(plan.n_blocks,)](
-        ys, z, weight.contiguous(), bias.contiguous(), out, mean, rstd, N * L, L, d, eps,
+        ys, z, weight.contiguous(), bias.contiguous(), out, mean, rstd, total if save_sum else mean, N * L, L, d, eps,
         ys.stride(0), ys.stride(1), ys.stride(2), z.stride(0), z.stride(1), out.stride(0), out.stride(1),
-        K=K, ACC=tl_dtype(accumulation_dtype(ys.dtype)), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, num_warps=plan.num_warps)
-    return out, mean, rstd
+        K=K, ACC=tl_dtype(acc), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, STORE_SUM=save_sum,
+        num_warps=plan.num_warps)
+    return out, mean, rstd, total
 
 
 _fwd = torch.library.custom_op("lamamba::gated_norm_fwd", _fwd_impl, mutates_args=())
 
 
 @_fwd.register_fake
-def _(ys, z, weight, bias, eps, out_dtype):
+def _(ys, z, weight, bias, eps, out_dtype, save_sum):
     N, L, K, d = ys.shape
-    return (ys.new_empty((N, L, d), dtype=out_dtype), ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)),
-            ys.new_empty((N * L,), dtype=accumulation_dtype(ys.dtype)))
+    acc = accumulation_dtype(ys.dtype)
+    return (ys.new_empty((N, L, d), dtype=out_dtype), ys.new_empty((N * L,), dtype=acc),
+            ys.new_empty((N * L,), dtype=acc), ys.new_empty((N * L, d) if save_sum else (0,), dtype=acc))
 
 
-def _bwd_impl(dout: Tensor, ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
-              rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ds (N, L, d) in ys's dtype: the gradient of each direction's ys, dz (N, L, d) contiguous, dweight, dbias)."""
-    N, L, K, d = ys.shape
-    ys, z, dout = unit_channel_stride(ys), unit_channel_stride(z), unit_channel_stride(dout)
-    ds = ys.new_empty((N, L, d))
+def _bwd_impl(dout: Tensor, total: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor,
+              ys_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ds (N, L, d) in ``ys_dtype``: the gradient of each direction's ys, dz (N, L, d) contiguous, dweight, dbias),
+    from the forward's direction sum ``total`` (N * L, d) and statistics."""
+    N, L, d = z.shape
+    z, dout = unit_channel_stride(z), unit_channel_stride(dout)
+    ds = z.new_empty((N, L, d), dtype=ys_dtype)
     dz = z.new_empty((N, L, d))
     if N * L == 0:
         return ds, dz, torch.zeros_like(weight), torch.zeros_like(bias)
-    kernels = _kernels(ys.device)
+    kernels = _kernels(z.device)
     plan = _plan(N * L, d, backward=True)
-    programs, per_program = plan.bwd_grid(ys.device)
-    part = ys.new_empty((2, programs, d), dtype=accumulation_dtype(ys.dtype))                 # dw, db per program
+    programs, per_program = plan.bwd_grid(z.device)
+    part = z.new_empty((2, programs, d), dtype=total.dtype)                                  # dw, db per program
     kernels.gated_norm_bwd_kernel[(programs,)](
-        dout, ys, z, weight.contiguous(), bias.contiguous(), mean, rstd, ds, dz, part[0], part[1], N * L, L, d,
-        per_program, dout.stride(0), dout.stride(1), ys.stride(0), ys.stride(1), ys.stride(2), z.stride(0),
-        z.stride(1), K=K, ACC=tl_dtype(accumulation_dtype(ys.dtype)), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d,
-        STAGES=LAUNCH.bwd_num_stages, num_warps=plan.num_warps)
+        dout, total, z, weight.contiguous(), bias.contiguous(), mean, rstd, ds, dz, part[0], part[1], N * L, L, d,
+        per_program, dout.stride(0), dout.stride(1), z.stride(0), z.stride(1), ACC=tl_dtype(total.dtype),
+        BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, STAGES=LAUNCH.bwd_num_stages, num_warps=plan.num_warps)
     # one small launch for both sums (~3 us on an H200; torch's column reduction took ~8.5 us)
     dw, db = weight.new_empty(weight.shape), bias.new_empty(bias.shape)
     kernels.partial_sums_kernel[(-(-d // 32), 2)](part, dw, db, programs, d, BLOCK_P=128, BLOCK_D=32, STAGES=3,
@@ -194,23 +200,28 @@ _bwd = torch.library.custom_op("lamamba::gated_norm_bwd", _bwd_impl, mutates_arg
 
 
 @_bwd.register_fake
-def _(dout, ys, z, weight, bias, mean, rstd):
-    N, L, K, d = ys.shape
-    return ys.new_empty((N, L, d)), z.new_empty((N, L, d)), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+def _(dout, total, z, weight, bias, mean, rstd, ys_dtype):
+    N, L, d = z.shape
+    return (z.new_empty((N, L, d), dtype=ys_dtype), z.new_empty((N, L, d)), weight.new_empty(weight.shape),
+            bias.new_empty(bias.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    ys, z, weight, bias, _, _ = inputs
-    _, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(ys, z, weight, bias, mean, rstd)
+    ys, z, weight, bias, _, _, _ = inputs
+    _, mean, rstd, total = output
+    ctx.mark_non_differentiable(mean, rstd, total)
+    ctx.ys_shape, ctx.ys_dtype = ys.shape, ys.dtype
+    ctx.save_for_backward(total, z, weight, bias, mean, rstd)  # the sum, not ys: ys is freed after the forward
 
 
-def _backward(ctx, dout, _dmean=None, _drstd=None, bwd=_bwd):
-    ys, z, weight, bias, mean, rstd = ctx.saved_tensors
-    ds, dz, dw, db = bwd(dout, ys, z, weight, bias, mean, rstd)
+def _backward(ctx, dout, _dmean=None, _drstd=None, _dtotal=None, bwd=_bwd):
+    total, z, weight, bias, mean, rstd = ctx.saved_tensors
+    if total.numel() != z.numel():
+        raise RuntimeError("gated_norm: the forward ran with save_sum=False (no direction sum kept), so it has no "
+                           "backward; call gated_norm(), which keeps the sum whenever a gradient can be needed")
+    ds, dz, dw, db = bwd(dout, total, z, weight, bias, mean, rstd, ctx.ys_dtype)
     # one gradient for all K directions: an expanded view (stride 0 over K), never K copies (module docstring)
-    return ds.unsqueeze(2).expand(ys.shape), dz, dw, db, None, None
+    return ds.unsqueeze(2).expand(ctx.ys_shape), dz, dw, db, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -222,10 +233,9 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        ys, z, weight, bias, _, _ = inputs
-        out, mean, rstd = _fwd_impl(*inputs)
-        ctx.save_for_backward(ys, z, weight, bias, mean, rstd)
-        return out
+        output = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0]
 
     @staticmethod
     def backward(ctx, dout):

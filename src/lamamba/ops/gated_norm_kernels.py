@@ -9,7 +9,10 @@ Per token (a *row*) with the K per-direction scan outputs ``ys[k]`` (d channels 
 
 **Forward.** One program normalises ``BLOCK_R`` rows; each row is held whole (``BLOCK_D`` = d rounded up to a
 power of two, masked), so the statistics need no second pass over memory. It writes ``out`` and the row's
-``mean`` and ``rstd`` (ACC), which the backward reuses instead of recomputing the two reductions.
+``mean`` and ``rstd`` (ACC), which the backward reuses instead of recomputing the two reductions, and, when a
+backward will follow (``STORE_SUM``), the direction sum ``s`` (ACC, contiguous): the backward reads it instead
+of the K direction outputs, so those need not be kept for it (half the bytes of K = 4 bf16 outputs, a quarter
+of fp32 ones), as the unfused code keeps only LayerNorm's fp32 input.
 
 **Backward.** With ``dyn = dout * silu(z)`` and ``dxhat = dyn * w``::
 
@@ -17,7 +20,7 @@ power of two, masked), so the statistics need no second pass over memory. It wri
     dz    = dout * yn * sigmoid(z) * (1 + z * (1 - sigmoid(z)))
     dw    = sum_rows dyn * xhat,      db = sum_rows dyn
 
-``xhat`` is recomputed from ``ys`` (re-summed) and the saved statistics. ``ds`` is written once per row, not
+``xhat`` is recomputed from the saved sum ``s`` and statistics. ``ds`` is written once per row, not
 once per direction: the host hands it to the scan's backward as a view expanded over K (stride 0), which the
 scan kernels read as they are. The backward grid is capped (a few programs per SM); each program walks a
 contiguous run of row blocks (software-pipelined, ``STAGES``), keeps its ``dw``/``db`` sums in registers and
@@ -59,11 +62,13 @@ def _sigmoid(z):
 
 @triton.jit
 def gated_norm_fwd_kernel(
-        ys_ptr, z_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr,
+        ys_ptr, z_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr, sum_ptr,
         n_rows, L, d, eps,
         s_yn, s_yl, s_yk, s_zn, s_zl, s_on, s_ol,
-        K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``out`` (N, L, d) in its own dtype, ``mean`` and ``rstd`` (N * L,) in ACC; one program per ``BLOCK_R`` rows."""
+        K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+        STORE_SUM: tl.constexpr):
+    """``out`` (N, L, d) in its own dtype, ``mean`` and ``rstd`` (N * L,) in ACC, with ``STORE_SUM`` the direction
+    sum (N * L, d) in ACC; one program per ``BLOCK_R`` rows."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     r_mask = rows < n_rows
@@ -83,18 +88,20 @@ def gated_norm_fwd_kernel(
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=r_mask)
     tl.store(rstd_ptr + rows, rstd, mask=r_mask)
+    if STORE_SUM:
+        tl.store(sum_ptr + rows.to(tl.int64)[:, None] * d + cols[None, :], s, mask=mask)
 
 
 @triton.jit
 def gated_norm_bwd_kernel(
-        dout_ptr, ys_ptr, z_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, ds_ptr, dz_ptr, dw_ptr, db_ptr,
+        dout_ptr, sum_ptr, z_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, ds_ptr, dz_ptr, dw_ptr, db_ptr,
         n_rows, L, d, blocks_per_program,
-        s_gn, s_gl, s_yn, s_yl, s_yk, s_zn, s_zl,
-        K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
+        s_gn, s_gl, s_zn, s_zl,
+        ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     """``ds`` (N * L, d) in its dtype (the gradient of every ``ys[k]``), ``dz`` (N * L, d) contiguous, and this
     program's partial sums of ``dw`` and ``db`` (rows ``program_id`` of two (programs, d) ACC buffers, the
     ``db`` one right after the ``dw`` one).
-    ``dout`` has leading strides ``s_g*``."""
+    ``dout`` has leading strides ``s_g*``; the forward's direction sum ``s`` is contiguous (N * L, d) in ACC."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     c_mask = cols < d
@@ -107,7 +114,8 @@ def gated_norm_bwd_kernel(
         rows = (pid * blocks_per_program + i) * BLOCK_R + tl.arange(0, BLOCK_R)
         r_mask = rows < n_rows
         mask = r_mask[:, None] & c_mask[None, :]
-        s = _direction_sum(ys_ptr, _row_offsets(rows, L, s_yn, s_yl), s_yk, cols, mask, K, ACC)
+        flat = rows.to(tl.int64)[:, None] * d + cols[None, :]            # s, ds and dz are contiguous
+        s = tl.load(sum_ptr + flat, mask=mask, other=0.0)
         mean = tl.load(mean_ptr + rows, mask=r_mask, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=r_mask, other=0.0)
         xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
@@ -125,7 +133,6 @@ def gated_norm_bwd_kernel(
         c2 = tl.sum(dxhat * xhat, 1) / d
         ds = (dxhat - c1[:, None] - xhat * c2[:, None]) * rstd[:, None]
         dz = dout * yn * sig * (1.0 + z * (1.0 - sig))
-        flat = rows.to(tl.int64)[:, None] * d + cols[None, :]            # ds and dz are contiguous
         tl.store(ds_ptr + flat, ds.to(ds_ptr.dtype.element_ty), mask=mask)
         tl.store(dz_ptr + flat, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_ptr + pid * d + cols, tl.sum(dw_acc, 0), mask=c_mask)
