@@ -247,7 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="compile with mode='reduce-overhead' (CUDA graphs; not yet measured, off by default)")
     parser.add_argument("--fresh-cache", action="store_true",
-                        help="compile into a new empty Inductor cache, so that 'compile s' is a cold compile")
+                        help="compile into a new empty temporary Inductor cache, so that 'compile s' is a cold "
+                             "compile (removed afterwards: to time a later process's warm start, point "
+                             "LAMAMBA_CACHE_DIR at an empty directory instead)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's peak dense bf16 TFLOP/s for MFU (default: looked up by card name)")
     parser.add_argument("--steps", type=int, default=20, help="timed iterations (median reported)")
