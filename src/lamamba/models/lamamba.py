@@ -22,6 +22,7 @@ from lamamba.ops.scan_paths import NUM_PATHS
 from lamamba.ops.gated_norm import gated_norm
 from lamamba.ops.ss2d_scan import ss2d_scan_directions
 from lamamba.ops.fused_adaln import add_norm_modulate
+from lamamba.ops.recompute import recompute_in_backward
 from lamamba.ops.window_attention import window_attention
 
 
@@ -185,8 +186,10 @@ class SS2D(nn.Module):
         x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * Ns), d)).view(Nb, H * W, K, R + 2 * Ns)
         dt_raw, Bs, Cs = x_dbl.split([R, Ns, Ns], dim=-1)                         # (N, L, K, R|N|N)
         dts = dt_projection(dt_raw, self.dt_projs_weight)                          # (N, L, K, d)
-        ys = ss2d_scan_directions(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
-                                  self.dt_projs_bias.float().flatten(), H, W)    # (N, L, K, d)
+        # the scan's backward recomputes dts from dt_raw (R/d of its size) instead of keeping them (eager mode)
+        with recompute_in_backward(dts, dt_projection, dt_raw, self.dt_projs_weight):
+            ys = ss2d_scan_directions(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+                                      self.dt_projs_bias.float().flatten(), H, W)    # (N, L, K, d)
         # sum over directions (fp32) -> out_norm -> * SiLU(z), fused (ops/gated_norm.py); z is read in place
         # (a view); the result has the unfused code's dtype, LayerNorm(fp32).to(u.dtype) * silu(z)
         y = gated_norm(ys, z.reshape(Nb, H * W, d), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps,

@@ -1,0 +1,96 @@
+"""``recompute_in_backward``: the backward recomputes a saved tensor from its recipe, gradients unchanged."""
+import pytest
+import torch
+from triton_env import interpreter
+
+from lamamba.ops.recompute import recompute_in_backward
+
+
+def product(a, w):
+    return a @ w
+
+
+def test_gradients_are_unchanged_and_the_tensor_is_recomputed_not_kept():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def fn(a, w):
+        calls.append(1)
+        return product(a, w)
+
+    y = product(a, w)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ref = (y * y.exp()).sum()                     # mul and exp keep y (or its storage) for the backward
+    assert any(s.untyped_storage().data_ptr() == y.untyped_storage().data_ptr() for s in saved)
+    y = product(a, w)
+    with recompute_in_backward(y, fn, a, w):
+        out = (y * y.exp()).sum()
+    assert calls == []                                # nothing recomputed in the forward
+    grads = torch.autograd.grad(out, (a, w))
+    assert len(calls) >= 1                            # the backward rebuilt y
+    torch.testing.assert_close(grads, torch.autograd.grad(ref, (a, w)), rtol=0, atol=0)
+
+
+def test_the_recipe_uses_the_saved_dtype_without_autocast():
+    a = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = a @ w                                     # bf16 under autocast
+        with recompute_in_backward(y, product, a, w):
+            out = (y.float() * y.float()).sum() + y.sum()
+    ref_a = a.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref = ref_a @ w
+        ref = (y_ref.float() * y_ref.float()).sum() + y_ref.sum()
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(torch.autograd.grad(out, a)[0], torch.autograd.grad(ref, ref_a)[0])
+
+
+def test_nothing_happens_without_gradients():
+    a, w = torch.randn(2, 2), torch.randn(2, 2)
+    y = a @ w
+    with torch.no_grad(), recompute_in_backward(y, pytest.fail, a, w):
+        (y * y).sum()
+
+
+@interpreter
+def test_ss2d_recomputes_its_time_steps_in_the_backward(monkeypatch):
+    """On the Triton route (interpreted on CPU machines) SS2D's scan keeps a recipe for delta, not delta: the
+    backward calls dt_projection again, and the gradients equal the reference route's (which keeps them)."""
+    import lamamba.models.lamamba as lm
+
+    calls = []
+    original = lm.dt_projection
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "dt_projection", counted)
+    torch.manual_seed(0)
+    op = lm.SS2D(dim=8, d_state=2).double()
+    u = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", backend)
+        calls.clear()
+        out = op(u)
+        grads[backend] = torch.autograd.grad(out.square().sum(), [u, *op.parameters()])
+        if backend == "triton":
+            assert calls == [True, False]             # the forward, then the backward's recompute
+    torch.testing.assert_close(grads["triton"], grads["reference"], rtol=1e-9, atol=1e-12)
+
+
+def test_inside_other_saved_tensor_hooks_it_steps_aside():
+    """Activation checkpointing installs saved-tensor hooks; ours would override them for the region."""
+    a = torch.randn(3, 3, requires_grad=True)
+    y = a * 2
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        with recompute_in_backward(y, pytest.fail, a):
+            out = (y * y).sum()
+    assert any(t is y for t in seen)                  # the outer hooks saw y: ours were not installed
+    out.backward()
