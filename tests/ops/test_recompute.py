@@ -94,3 +94,25 @@ def test_inside_other_saved_tensor_hooks_it_steps_aside():
             out = (y * y).sum()
     assert any(t is y for t in seen)                  # the outer hooks saw y: ours were not installed
     out.backward()
+
+
+@interpreter
+def test_ss2d_under_autocast_recomputes_the_same_time_steps(monkeypatch):
+    """bf16 autocast: the recomputed delta equals the forward's bit for bit, so the gradients are those of a run
+    that keeps delta."""
+    import contextlib
+
+    import lamamba.models.lamamba as lm
+
+    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
+    torch.manual_seed(0)
+    op = lm.SS2D(dim=8, d_state=2)
+    u = torch.randn(2, 3, 5, 8, requires_grad=True)
+    grads = []
+    for recompute in (True, False):
+        if not recompute:
+            monkeypatch.setattr(lm, "recompute_in_backward", lambda *args: contextlib.nullcontext())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = op(u)
+        grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
