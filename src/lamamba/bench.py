@@ -245,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="full: the whole model as one graph (default, as lamamba train); regional: each block "
                              "class compiled once, shared by the blocks of the same shape")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="compile with mode='reduce-overhead' (CUDA graphs; not yet measured, off by default)")
+                        help="compile with mode='reduce-overhead' (CUDA graphs; off by default)")
     parser.add_argument("--fresh-cache", action="store_true",
                         help="compile into a new empty temporary Inductor cache, so that 'compile s' is a cold "
                              "compile (removed afterwards: to time a later process's warm start, point "
