@@ -158,3 +158,25 @@ def test_compiles_without_graph_breaks(triton_route):
     torch._dynamo.reset()
     compiled = torch.compile(add_norm_modulate, fullgraph=True, backend="aot_eager")
     assert_matches_naive(compiled, inputs(2, 3, 4, 8, True))
+
+
+@interpreter
+@pytest.mark.parametrize("residual", [True, False])
+def test_partial_sums_kernel_reduces_every_group_in_its_dtype(residual):
+    """The backward's one reduction launch: per-sample sums over the row blocks (shift, scale, gate) and sums
+    over everything (w, b), with several column blocks and several loop iterations of both kinds."""
+    from lamamba.ops import triton_adaln_kernels as kernels
+
+    N, n_pb, D = 3, 40, 70
+    part = torch.randn(5 if residual else 4, N, n_pb, D, generator=torch.Generator().manual_seed(0))
+    dw, db = torch.empty(D), torch.empty(D)
+    dshift, dscale = torch.empty(N, D), torch.empty(N, D, dtype=torch.bfloat16)
+    dgate = torch.empty(N, D, dtype=torch.float64) if residual else dscale
+    kernels.adaln_partial_sums_kernel[(-(-D // 32), N + 1)](part, dw, db, dshift, dscale, dgate, N, n_pb, D,
+                                                             HAS_RESIDUAL=residual, BLOCK_P=32, BLOCK_D=32)
+    torch.testing.assert_close(dw, part[0].sum((0, 1)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(db, part[1].sum((0, 1)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dshift, part[2].sum(1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dscale, part[3].sum(1).bfloat16())
+    if residual:
+        torch.testing.assert_close(dgate, part[4].sum(1).double(), rtol=1e-5, atol=1e-4)

@@ -95,9 +95,12 @@ def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[
         weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_pb, tiles,
         HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, BLOCK_R=block_r, BLOCK_D=block_d, ACC=tl_dtype(mean.dtype),
         num_warps=warps)
-    dw, db = part[0].sum((0, 1)).to(weight.dtype), part[1].sum((0, 1)).to(bias.dtype)
-    dshift, dscale = part[2].sum(1), part[3].sum(1).to(scale.dtype)
-    dgate = part[4].sum(1).to(gate.dtype) if has_res else xo.new_empty((0,))
+    dw, db = weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+    dshift, dscale = xo.new_empty((N, D), dtype=mean.dtype), xo.new_empty((N, D), dtype=scale.dtype)
+    dgate = xo.new_empty((N, D), dtype=gate.dtype) if has_res else xo.new_empty((0,))
+    kernels.adaln_partial_sums_kernel[(-(-D // 32), N + 1)](
+        part, dw, db, dshift, dscale, dgate if has_res else dscale, N, n_pb, D, HAS_RESIDUAL=has_res, BLOCK_P=32,
+        BLOCK_D=32, num_warps=4)
     return [dx, dbr, dgate, dw, db, dshift, dscale]
 
 
