@@ -1,7 +1,7 @@
 """``recompute_in_backward``: the backward recomputes a saved tensor from its recipe, gradients unchanged."""
 import pytest
 import torch
-from triton_env import interpreter
+from triton_env import gpu, interpreter
 
 from lamamba.ops.recompute import recompute_in_backward
 
@@ -116,3 +116,25 @@ def test_ss2d_under_autocast_recomputes_the_same_time_steps(monkeypatch):
             out = op(u)
         grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+@gpu
+def test_gpu_ss2d_recompute_gives_the_kept_time_steps_gradients(monkeypatch):
+    """On CUDA, bf16 autocast, a first-stage-like shape: the backward's recomputed delta (cuBLAS, padded rank)
+    gives the gradients of a run that keeps delta."""
+    import contextlib
+
+    import lamamba.models.lamamba as lm
+
+    torch.manual_seed(0)
+    op = lm.SS2D(dim=96).cuda()
+    u = torch.randn(8, 32, 32, 96, device="cuda", requires_grad=True)
+    grads = []
+    for recompute in (True, False):
+        if not recompute:
+            monkeypatch.setattr(lm, "recompute_in_backward", lambda *args: contextlib.nullcontext())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = op(u)
+        grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
