@@ -23,6 +23,8 @@ fi
 export CUDA_VISIBLE_DEVICES=$([ "${NOISE:-1}" = 1 ] && echo 1 || echo 0)  # NOISE=0 runs on a one-GPU machine
 timeout 150 python3 -m pytest -q -p no:warnings -m gpu tests/ops/test_fused_adaln.py tests/ops/test_gated_norm.py \
   tests/ops/test_triton_ss2d.py tests/ops/test_recompute.py tests/models 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
+timeout 120 python3 -m pytest -q -p no:warnings tests/ops/test_kernel_route_model.py 2>&1 | tail -2 \
+  | tee -a "$OUT/gpu_tests.txt"   # the whole tiny model, kernels vs PyTorch route, on CUDA tensors
 bench() {  # tree, name, args...
   local tree=$1 name=$2; shift 2
   PYTHONPATH=$tree timeout 150 python3 -m lamamba.cli bench --steps 10 --warmup 3 --out "$OUT/$name.json" "$@" 2>&1 \
