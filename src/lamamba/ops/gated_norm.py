@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.ops.selective_scan import scan_backend
-from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype, unit_channel_stride
+from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, next_power_of_2, sm_count,
+                                       tl_dtype, unit_channel_stride)
 
 __all__ = ["gated_norm", "gated_norm_reference"]
 
@@ -59,8 +60,7 @@ def gated_norm(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float =
     _check(ys, z, weight, bias)
     out_dtype = out_dtype or z.dtype
     if scan_backend(ys.device) == "triton":
-        save_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (ys, z, weight, bias))
-        args = (ys, z, weight, bias, float(eps), out_dtype, save_sum)
+        args = (ys, z, weight, bias, float(eps), out_dtype, grad_needed(ys, z, weight, bias))
         traced = torch.compiler.is_compiling() or ys.device.type == "meta"
         return _fwd(*args)[0] if traced else _Eager.apply(*args)
     return gated_norm_reference(ys, z, weight, bias, eps, out_dtype)
@@ -97,10 +97,6 @@ class GatedNormLaunch:
 LAUNCH = GatedNormLaunch()
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 @dataclass(frozen=True)
 class _Plan:
     block_r: int
@@ -124,9 +120,9 @@ def _plan_for(n_rows: int, d: int, backward: bool, launch: GatedNormLaunch) -> _
     """Cached: this runs at every call, and eager small models are bound by host time."""
     tile = launch.bwd_tile_elems if backward else launch.tile_elems
     per_warp = launch.bwd_elems_per_warp if backward else launch.elems_per_warp
-    block_d = _next_power_of_2(d)
-    block_r = max(1, min(launch.max_block_r, tile // block_d, _next_power_of_2(n_rows)))
-    warps = min(8, _next_power_of_2(max(1, block_r * block_d // per_warp)))
+    block_d = next_power_of_2(d)
+    block_r = max(1, min(launch.max_block_r, tile // block_d, next_power_of_2(n_rows)))
+    warps = min(8, next_power_of_2(max(1, block_r * block_d // per_warp)))
     return _Plan(block_r, block_d, warps, -(-n_rows // block_r))
 
 

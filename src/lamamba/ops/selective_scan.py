@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lamamba.ops.triton_common import grad_needed
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "reference", "triton")
@@ -232,7 +234,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         raise ValueError(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
     args = (u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), D,
             None if z is None else z.contiguous(), delta_bias, bool(delta_softplus))
-    needs_grad = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args[:8])
+    needs_grad = grad_needed(*args[:8])
     if needs_grad and u.device.type != "meta" and scan_backend(u.device) == "reference":
         # eager training on the reference: plain autograd keeps the forward's intermediates instead of
         # recomputing them in the op's backward (a third less work per step on CPUs)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lamamba.ops import triton_adaln_kernels as kernels
-from lamamba.ops.triton_common import check_device, sm_count, tl_dtype
+from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count, tl_dtype
 
 _ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide memory latency)
 _TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
@@ -22,8 +22,8 @@ _TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by 
 def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int, int]:
     """(tiles per program, programs per sample, BLOCK_R, BLOCK_D, num_warps); plain integer arithmetic, cached
     (this runs at every call: eager small models are bound by host time)."""
-    block_d = 1 << (D - 1).bit_length()
-    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, 1 << (T - 1).bit_length())).bit_length() - 1)
+    block_d = next_power_of_2(D)
+    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, next_power_of_2(T))).bit_length() - 1)
     n_tiles = -(-T // block_r)
     tiles = max(1, (N * n_tiles) // (_ROW_TARGET * sm_count(device)))
     return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))

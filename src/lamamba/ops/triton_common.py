@@ -1,5 +1,5 @@
 """Host-side helpers shared by the Triton launchers (``triton_scan``, ``triton_ss2d``, ``triton_adaln``,
-``gated_norm``). Nothing here imports triton when the module loads."""
+``gated_norm``) and their routing (``selective_scan``). Nothing here imports triton when the module loads."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,18 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["sm_count", "accumulation_dtype", "tl_dtype", "unit_channel_stride", "check_device"]
+__all__ = ["sm_count", "accumulation_dtype", "tl_dtype", "unit_channel_stride", "check_device", "next_power_of_2",
+           "grad_needed"]
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), in plain integers (no triton call on the per-call path)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def grad_needed(*tensors) -> bool:
+    """Whether a backward can follow an op on these tensors (None entries ignored): what it must keep for one."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,8 @@ import triton
 from torch import Tensor
 
 from lamamba.ops import triton_ss2d_kernels as kernels
-from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype, unit_channel_stride
+from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, sm_count, tl_dtype,
+                                       unit_channel_stride)
 
 K = 4  # scan directions
 
@@ -216,7 +217,6 @@ def ss2d_scan_directions(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
     The tile-start states are kept for the backward only when a gradient can be needed.
     """
-    save_states = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+    save_states = grad_needed(x, delta, A, B, C, D, delta_bias)
     ys, _ = _fwd(x, delta, A, B, C, D, delta_bias, H, W, save_states)
     return ys
