@@ -96,45 +96,44 @@ def test_inside_other_saved_tensor_hooks_it_steps_aside():
     out.backward()
 
 
-@interpreter
-def test_ss2d_under_autocast_recomputes_the_same_time_steps(monkeypatch):
-    """bf16 autocast: the recomputed delta equals the forward's bit for bit, so the gradients are those of a run
-    that keeps delta."""
+def grads_recomputed_and_kept(monkeypatch, op, u, device_type):
+    """SS2D's gradients under bf16 autocast, first with delta recomputed in the backward, then kept."""
     import contextlib
 
     import lamamba.models.lamamba as lm
 
-    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
-    torch.manual_seed(0)
-    op = lm.SS2D(dim=8, d_state=2)
-    u = torch.randn(2, 3, 5, 8, requires_grad=True)
     grads = []
     for recompute in (True, False):
         if not recompute:
             monkeypatch.setattr(lm, "recompute_in_backward", lambda *args: contextlib.nullcontext())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             out = op(u)
         grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    return grads
+
+
+@interpreter
+def test_ss2d_under_autocast_recomputes_the_same_time_steps(monkeypatch):
+    """bf16 autocast: the recomputed delta equals the forward's bit for bit, so the gradients are those of a run
+    that keeps delta."""
+    from lamamba.models.lamamba import SS2D
+
+    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
+    torch.manual_seed(0)
+    op = SS2D(dim=8, d_state=2)
+    recomputed, kept = grads_recomputed_and_kept(monkeypatch, op, torch.randn(2, 3, 5, 8, requires_grad=True), "cpu")
+    torch.testing.assert_close(recomputed, kept, rtol=0, atol=0)
 
 
 @gpu
 def test_gpu_ss2d_recompute_gives_the_kept_time_steps_gradients(monkeypatch):
     """On CUDA, bf16 autocast, a first-stage-like shape: the backward's recomputed delta (cuBLAS, padded rank)
     gives the gradients of a run that keeps delta."""
-    import contextlib
-
-    import lamamba.models.lamamba as lm
+    from lamamba.models.lamamba import SS2D
 
     torch.manual_seed(0)
-    op = lm.SS2D(dim=96).cuda()
+    op = SS2D(dim=96).cuda()
     u = torch.randn(8, 32, 32, 96, device="cuda", requires_grad=True)
-    grads = []
-    for recompute in (True, False):
-        if not recompute:
-            monkeypatch.setattr(lm, "recompute_in_backward", lambda *args: contextlib.nullcontext())
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = op(u)
-        grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))
-    for a, b in zip(*grads):
+    recomputed, kept = grads_recomputed_and_kept(monkeypatch, op, u, "cuda")
+    for a, b in zip(recomputed, kept):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
