@@ -11,6 +11,7 @@
 # The experiment resumes: if the call's limit stops a stage, the same command on the still-warm machine continues.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/experiment_variants.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 N=${N:-5000}
 EXP="python3 -m lamamba.cli experiment fashion-mnist --runs lamamba-s --num-samples $N --sample-batch 1000"
@@ -18,25 +19,11 @@ left() { echo $(( ${DEADLINE_S:-560} - SECONDS )); }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$OUT/log.txt"
 ( export CUDA_VISIBLE_DEVICES=0
   timeout "$(left)" $EXP --out /tmp/plain --stages train,sample > /tmp/plain.log 2>&1
-  if [ -e /tmp/plain/runs/lamamba-s/train.json ] && [ ! -e /tmp/center/runs/lamamba-s/train.json ]; then
-    mkdir -p /tmp/center && cp -r /tmp/plain/. /tmp/center/
-    rm -rf /tmp/center/runs/lamamba-s/samples
-  fi
+  fork_run /tmp/plain /tmp/center lamamba-s
   timeout "$(left)" $EXP --out /tmp/center --center-noise --stages sample > /tmp/center.log 2>&1 ) &
 ( export CUDA_VISIBLE_DEVICES=1
   timeout "$(left)" $EXP --out /tmp/offset --noise-offset "${OFFSET:-0.1}" --stages train,sample \
     > /tmp/offset.log 2>&1 ) &
 wait
-for name in plain center offset; do
-  echo "== $name" >> "$OUT/log.txt"
-  tail -3 "/tmp/$name.log" >> "$OUT/log.txt"
-  run=/tmp/$name/runs/lamamba-s
-  [ -e "$run/train.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
-print('trained', d['steps'], 'steps,', round(d['images_per_sec']), 'img/s')" "$run/train.json" >> "$OUT/log.txt"
-  if [ -e "$run/samples/samples.npz" ]; then
-    cp "$run/samples/samples.npz" "$OUT/$name.npz"
-    python3 -c "import sys, numpy as np; from lamamba.experiment.fashion_mnist import noise_fraction; \
-print('noise samples', noise_fraction(np.load(sys.argv[1])['arr_0']))" "$run/samples/samples.npz" >> "$OUT/log.txt" 2>&1
-  fi
-done
+for name in plain center offset; do report_samples "$name" "/tmp/$name" lamamba-s; done
 cat "$OUT/log.txt"

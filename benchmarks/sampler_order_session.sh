@@ -9,6 +9,7 @@
 #   lamamba experiment fashion-mnist --runs <run> --out <dir> --stages score,report
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/experiment_variants.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 N=${N:-2000}
 left() { echo $(( ${DEADLINE_S:-560} - SECONDS )); }
@@ -18,10 +19,7 @@ one() {  # gpu, run
   local exp="python3 -m lamamba.cli experiment fashion-mnist --runs $run --num-samples $N --sample-batch 1000"
   export CUDA_VISIBLE_DEVICES=$gpu
   timeout "$(left)" $exp --out "/tmp/$run-fast" --stages train,sample > "/tmp/$run-fast.log" 2>&1
-  if [ -e "/tmp/$run-fast/runs/$run/train.json" ] && [ ! -e "/tmp/$run-ddpm/runs/$run/train.json" ]; then
-    mkdir -p "/tmp/$run-ddpm" && cp -r "/tmp/$run-fast/." "/tmp/$run-ddpm/"
-    rm -rf "/tmp/$run-ddpm/runs/$run/samples"
-  fi
+  fork_run "/tmp/$run-fast" "/tmp/$run-ddpm" "$run"
   timeout "$(left)" $exp --out "/tmp/$run-ddpm" --sampler ddpm --sample-steps 250 --stages sample \
     > "/tmp/$run-ddpm.log" 2>&1
 }
@@ -29,15 +27,6 @@ one 0 lamamba-s &
 one 1 dit-s2 &
 wait
 for run in lamamba-s dit-s2; do
-  for sampler in fast ddpm; do
-    d=/tmp/$run-$sampler/runs/$run
-    echo "== $run $sampler" >> "$OUT/log.txt"
-    tail -2 "/tmp/$run-$sampler.log" >> "$OUT/log.txt"
-    if [ -e "$d/samples/samples.npz" ]; then
-      cp "$d/samples/samples.npz" "$OUT/$run-$sampler.npz"
-      python3 -c "import sys, numpy as np; from lamamba.experiment.fashion_mnist import noise_fraction; \
-print('noise samples', noise_fraction(np.load(sys.argv[1])['arr_0']))" "$d/samples/samples.npz" >> "$OUT/log.txt" 2>&1
-    fi
-  done
+  for sampler in fast ddpm; do report_samples "$run-$sampler" "/tmp/$run-$sampler" "$run"; done
 done
 cat "$OUT/log.txt"
