@@ -239,6 +239,7 @@ def test_test_images_are_padded_uint8(fake_root):
     (["--runs", "tiny", "--num-samples", "25"], "--num-samples must be a multiple of 10"),
     (["--runs", "tiny", "--features", "classifier,clip"], "unknown feature network(s) ['clip']"),
     (["--runs", "tiny", "--stages", "score"], "no samples at"),
+    (["--runs", "tiny", "--noise-offset", "-1", "--stages", "train"], "--noise-offset must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line(extra, message, tiny_registry, fake_root, tmp_path, capsys):
     assert cli(tmp_path, fake_root, *extra) == 2

@@ -122,8 +122,6 @@ class ExperimentConfig:
         if self.curve_points < 0 or self.curve_samples < NUM_CLASSES or self.curve_samples % NUM_CLASSES:
             raise ValueError("--curve-points must be >= 0 and --curve-samples a positive multiple of 10, got "
                              f"{self.curve_points} and {self.curve_samples}")
-        if not self.noise_offset >= 0:
-            raise ValueError(f"--noise-offset must be >= 0, got {self.noise_offset}")
         if not self.features:
             raise ValueError("--features is empty; name inception and/or classifier")
         unknown = set(self.features) - {"inception", "classifier"}
