@@ -34,7 +34,7 @@ for tree in .carry/base/src src; do
   tag=$([ "$tree" = src ] && echo new || echo base)
   bench $tree fm-$tag --preset fashion-mnist --compile none
   bench $tree xl256-$tag --model LaMamba-Diff-XL --model DiT-XL/2 --compile none
-  [ "${PROFILE_XL:-1}" = 1 ] && PYTHONPATH=$tree timeout 100 python3 benchmarks/profile_step.py \
+  [ "${PROFILE_XL:-1}" = 1 ] && [ $tag = new ] && PYTHONPATH=$tree timeout 100 python3 benchmarks/profile_step.py \
     --model LaMamba-Diff-XL > "$OUT/profile-$tag.txt" 2>&1
   PYTHONPATH=$tree timeout 60 python3 benchmarks/profile_step.py --preset fashion-mnist --model LaMamba-Diff-S \
     > "$OUT/profile-s-$tag.txt" 2>&1

@@ -186,6 +186,13 @@ def test_train_argv_carries_the_paper_recipe(tmp_path):
     assert "--no-compile" in argv and "--compile" not in argv
     cfg.compile = True
     assert "--compile" in fm.train_argv(cfg, run) and "--no-compile" not in fm.train_argv(cfg, run)
+    assert "--cuda-graphs" not in fm.train_argv(cfg, run)
+    cfg.cuda_graphs = True
+    assert "--cuda-graphs" in fm.train_argv(cfg, run)
+    cfg.compile = False
+    with pytest.raises(ValueError, match="add --compile"):
+        cfg.validate()
+    cfg.compile, cfg.cuda_graphs = True, False
     assert "--noise-offset" not in argv
     cfg.noise_offset = 0.1
     assert fm.train_argv(cfg, run)[-2:] == ["--noise-offset", "0.1"]
@@ -240,6 +247,8 @@ def test_test_images_are_padded_uint8(fake_root):
     (["--runs", "tiny", "--features", "classifier,clip"], "unknown feature network(s) ['clip']"),
     (["--runs", "tiny", "--stages", "score"], "no samples at"),
     (["--runs", "tiny", "--noise-offset", "-1", "--stages", "train"], "--noise-offset must be >= 0"),
+    (["--runs", "tiny", "--sample-cfg", "0.5"], "--sample-cfg must be a number >= 1"),
+    (["--runs", "tiny", "--cuda-graphs"], "--cuda-graphs replays compiled graphs: add --compile"),
 ])
 def test_bad_input_is_one_clear_line(extra, message, tiny_registry, fake_root, tmp_path, capsys):
     assert cli(tmp_path, fake_root, *extra) == 2
@@ -326,7 +335,8 @@ def test_curve_stage_scores_kept_checkpoints_and_plots(tiny_registry, fake_root,
 
 @pytest.mark.parametrize("center", [False, True])
 def test_sample_stage_passes_the_sampling_options(tmp_path, monkeypatch, center):
-    """--center-noise goes from the experiment's command line through its config to `lamamba sample`."""
+    """--center-noise and --sample-cfg go from the experiment's command line through its config to
+    `lamamba sample`."""
     import argparse
 
     from lamamba import sample
@@ -335,6 +345,7 @@ def test_sample_stage_passes_the_sampling_options(tmp_path, monkeypatch, center)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = ["fashion-mnist", "--out", str(tmp_path), "--device", "cpu"] + ["--center-noise"] * center
+    argv += ["--sample-cfg", "1.5"] * center
     cfg = config_from_args(parser.parse_args(argv))
     assert cfg.center_noise is center
     seen = {}
@@ -347,3 +358,4 @@ def test_sample_stage_passes_the_sampling_options(tmp_path, monkeypatch, center)
     monkeypatch.setattr(sample, "run", fake_run)
     fm.sample_run(cfg, Run("x", "LaMamba-Diff-S", {}, "4", "x", {}))
     assert seen["center_noise"] is center and seen["clip_denoised"] is False and seen["sampler"] == cfg.sampler
+    assert seen["cfg_scale"] == (1.5 if center else 1.0)

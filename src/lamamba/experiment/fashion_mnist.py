@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -97,9 +98,11 @@ class ExperimentConfig:
     sampler: str = "dpm++2m"             # the paper: DDPM, 250 steps (12x the network evaluations)
     sample_steps: int = 20
     sample_batch: int = 1000
+    sample_cfg: float = 1.0              # classifier-free guidance of the sample stage (1: none, as reported)
     clip_denoised: bool = False          # clamp predicted clean images to [-1, 1] while sampling (ADM, pixel space)
     center_noise: bool = False           # zero-mean initial noise per sample (the failed-sample remedy, RESULTS.md)
     compile: bool = False                # eager, as measured in docs/RESULTS.md (compiling pays off in longer runs)
+    cuda_graphs: bool = False            # with compile: CUDA graphs (4x LaMamba-Diff-S's eager training, same losses)
     num_workers: int = 4
     device: str = "auto"
     data_root: str | None = None         # Fashion-MNIST IDX directory (default: LAMAMBA_FASHION_MNIST or Debian's)
@@ -122,6 +125,10 @@ class ExperimentConfig:
         if self.curve_points < 0 or self.curve_samples < NUM_CLASSES or self.curve_samples % NUM_CLASSES:
             raise ValueError("--curve-points must be >= 0 and --curve-samples a positive multiple of 10, got "
                              f"{self.curve_points} and {self.curve_samples}")
+        if not (math.isfinite(self.sample_cfg) and self.sample_cfg >= 1):
+            raise ValueError(f"--sample-cfg must be a number >= 1 (1: no guidance), got {self.sample_cfg}")
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("--cuda-graphs replays compiled graphs: add --compile")
         if not self.features:
             raise ValueError("--features is empty; name inception and/or classifier")
         unknown = set(self.features) - {"inception", "classifier"}
@@ -173,6 +180,8 @@ def train_argv(cfg: ExperimentConfig, run: Run) -> list[str]:
     for key, value in run.overrides.items():
         argv += ["--model-arg", f"{key}={json.dumps(value)}"]
     argv.append("--compile" if cfg.compile else "--no-compile")
+    if cfg.cuda_graphs:
+        argv.append("--cuda-graphs")
     if cfg.noise_offset:
         argv += ["--noise-offset", str(cfg.noise_offset)]
     return argv
@@ -231,7 +240,8 @@ def train_run(cfg: ExperimentConfig, run: Run) -> Path:
 
 
 def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
-    """10,000 class-balanced EMA samples without guidance -> ``samples/samples.npz`` (+ ``grid.png``)."""
+    """10,000 class-balanced EMA samples (guidance ``--sample-cfg``, default none) -> ``samples/samples.npz``
+    (+ ``grid.png``)."""
     from lamamba import sample
 
     out = run_dir(cfg, run) / "samples"
@@ -242,7 +252,7 @@ def sample_run(cfg: ExperimentConfig, run: Run) -> Path:
     cuda = pick_device(cfg.device).type == "cuda"
     argv = [str(run_dir(cfg, run)), "--num-samples", str(cfg.num_samples),
             "--labels", ",".join(map(str, range(NUM_CLASSES))), "--sampler", cfg.sampler,
-            "--steps", str(cfg.sample_steps), "--cfg-scale", "1", "--seed", "0",
+            "--steps", str(cfg.sample_steps), "--cfg-scale", f"{cfg.sample_cfg:g}", "--seed", "0",
             "--batch-size", str(cfg.sample_batch), "--npz", "--grid-max", "100", "--out", str(out),
             "--device", cfg.device, "--precision", "bf16" if cuda else "fp32", "--no-progress",
             "--clip-denoised" if cfg.clip_denoised else "--no-clip-denoised"] + ["--center-noise"] * cfg.center_noise
