@@ -279,9 +279,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models, as ADM, off for latent models, as the paper; see docs/RESULTS.md, digits demo)")
     parser.add_argument("--center-noise", action="store_true",
                         help="zero-mean initial noise per sample and channel: removes most of the pure-noise "
-                             "samples of pixel-space LaMamba-Diff models with deterministic samplers, but narrows "
-                             "the samples' brightness spread (docs/RESULTS.md; off by default: the paper's "
-                             "sampler draws plain Gaussian noise)")
+                             "samples of briefly trained pixel-space LaMamba-Diff models with deterministic "
+                             "samplers, but narrows the samples' brightness spread; trained longer, such models "
+                             "have none left and centering costs quality (docs/RESULTS.md; off by default: the "
+                             "paper's sampler draws plain Gaussian noise)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the network's blocks (regional compilation; off by default: on an "
                              "H200 it sped LaMamba-Diff-XL's sampling forward up by 0-20%% and slowed the small "
