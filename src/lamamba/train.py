@@ -87,9 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-scope", choices=("regional", "full"), default=None,
                    help="full: the whole model as one graph (default); regional: each block class compiled "
                         "once and shared by the blocks of the same shape, EMA sample grids compiled too")
-    g.add_argument("--cuda-graphs", action="store_true", default=None,
-                   help="replay compiled graphs as CUDA graphs (mode reduce-overhead; static shapes; not yet "
-                        "measured, off by default)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the compiled training step as CUDA graphs (mode reduce-overhead; static shapes). "
+                        "Default: on for compiled one-GPU runs of models up to 50 M parameters (LaMamba-Diff-S "
+                        "trained 4x faster than eager on an H200, same losses), off otherwise")
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="the card's peak dense bf16 TFLOP/s for the logged MFU (default: by card name)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s: %.2f M parameters, %s, %d process(es) on %s%s, %s%s, batch %d per process x %d "
                      "accumulation", config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"],
                      env.world_size, env.device, f" ({threads} threads)" if threads else "", trainer.precision,
-                     f", compiled ({config.compile_scope}{', CUDA graphs' if config.cuda_graphs else ''})"
+                     f", compiled ({config.compile_scope}{', CUDA graphs' if trainer.cuda_graphs else ''})"
                      if trainer.compiled else "", trainer.per_rank_batch, config.grad_accum)
             directory.started = True
             try:

@@ -58,10 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "docs/RESULTS.md (default: off, as reported)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile training (default: off, as the reported runs)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="with --compile: replay the compiled training step as CUDA graphs (on an H200, "
-                             "LaMamba-Diff-S at batch 64 trained 4x faster than eager with the same losses; "
-                             "docs/PERFORMANCE.md, session 6)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --compile: replay the compiled training step as CUDA graphs (default: lamamba "
+                             "train's rule, which turns them on for these 33 M-parameter models on one GPU; on an "
+                             "H200 LaMamba-Diff-S trained 4x faster than eager with the same losses)")
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--data-root", default=None,

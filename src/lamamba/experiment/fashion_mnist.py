@@ -102,7 +102,7 @@ class ExperimentConfig:
     clip_denoised: bool = False          # clamp predicted clean images to [-1, 1] while sampling (ADM, pixel space)
     center_noise: bool = False           # zero-mean initial noise per sample (the failed-sample remedy, RESULTS.md)
     compile: bool = False                # eager, as measured in docs/RESULTS.md (compiling pays off in longer runs)
-    cuda_graphs: bool = False            # with compile: CUDA graphs (4x LaMamba-Diff-S's eager training, same losses)
+    cuda_graphs: bool | None = None      # with compile: CUDA graphs (None: lamamba train's rule, on for these sizes)
     num_workers: int = 4
     device: str = "auto"
     data_root: str | None = None         # Fashion-MNIST IDX directory (default: LAMAMBA_FASHION_MNIST or Debian's)
@@ -180,8 +180,8 @@ def train_argv(cfg: ExperimentConfig, run: Run) -> list[str]:
     for key, value in run.overrides.items():
         argv += ["--model-arg", f"{key}={json.dumps(value)}"]
     argv.append("--compile" if cfg.compile else "--no-compile")
-    if cfg.cuda_graphs:
-        argv.append("--cuda-graphs")
+    if cfg.cuda_graphs is not None:
+        argv.append("--cuda-graphs" if cfg.cuda_graphs else "--no-cuda-graphs")
     if cfg.noise_offset:
         argv += ["--noise-offset", str(cfg.noise_offset)]
     return argv

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
-from lamamba.models.compile import cache_counts, describe_cache, resolve_compile
+from lamamba.models.compile import cache_counts, describe_cache, resolve_compile, resolve_cuda_graphs
 from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
@@ -109,11 +109,12 @@ class Trainer:
                                             else None) if env.distributed else None)
         net = self.ddp if self.ddp is not None else self.model
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
-        if config.cuda_graphs and not (self.compiled and env.device.type == "cuda"):
-            raise ValueError("--cuda-graphs needs a compiled model on a CUDA device (--compile, --device cuda)")
+        self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
+                                               num_params=sum(p.numel() for p in self.model.parameters()),
+                                               distributed=env.distributed)
         self.net = net
         if self.compiled:
-            options = dict(scope=config.compile_scope, cuda_graphs=config.cuda_graphs)
+            options = dict(scope=config.compile_scope, cuda_graphs=self.cuda_graphs)
             self.net = compile_model(self.model, net, **options)
             if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled
                 compile_model(self.ema.model, **options)
@@ -232,7 +233,7 @@ class Trainer:
         self.model.train()
         sums = torch.zeros(3, device=dev, dtype=torch.float64)
         for micro in range(cfg.grad_accum):
-            if cfg.cuda_graphs:  # a new iteration: outputs of the previous replays may be overwritten
+            if self.cuda_graphs:  # a new iteration: outputs of the previous replays may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
             x, y = next(batches)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
