@@ -21,7 +21,7 @@ if [ -e .carry/inception/inception-fp16.pt ] && [ ! -e /tmp/inception.pt ]; then
   python3 -c "import torch; n = torch.jit.load('.carry/inception/inception-fp16.pt'); n.float(); \
 torch.jit.save(n, '/tmp/inception.pt')"
 fi
-D=/tmp/exp10; mkdir -p "$D"; cp -n .carry/exp10/classifier.* "$D/"
+D=/tmp/exp10; mkdir -p "$D"; [ -e "$D/classifier.pt" ] || cp .carry/exp10/classifier.* "$D/"
 N=${N:-10000}   # samples per set (IMAGES, N, CURVE_N and TRAIN_FLAGS smaller for a CPU rehearsal)
 ARGS="--train-images ${IMAGES:-600000} --batch-size 128 ${TRAIN_FLAGS:---compile --cuda-graphs} --curve-points 4
  --curve-samples ${CURVE_N:-1000} --features classifier --num-samples $N --sample-batch 1000"
@@ -71,7 +71,8 @@ for run in lamamba-s lamamba-s-seed1 dit-s2 dit-s2-seed1; do
   [ -d "exp10/runs/$run" ] && tar -czf "$OUT/$run.tgz" --exclude=checkpoints "exp10/runs/$run"
 done
 for name in guided ddpm center; do
-  ls -d exp10-$name >/dev/null 2>&1 && tar -czf "$OUT/$name.tgz" --exclude=checkpoints --exclude='classifier.*' exp10-$name
+  ls -d exp10-$name >/dev/null 2>&1 && tar -czf "$OUT/$name.tgz" --exclude=checkpoints --exclude='classifier.*' \
+    --exclude='reference-*' exp10-$name   # the cached test-set statistics (32 MB) stay
 done
 tar -czf "$OUT/logs.tgz" exp10/logs exp10/done
 tail -n 3 "$D"/logs/*.log
