@@ -114,10 +114,10 @@ class Trainer:
                                                distributed=env.distributed)
         self.net = net
         if self.compiled:
-            options = dict(scope=config.compile_scope, cuda_graphs=self.cuda_graphs)
-            self.net = compile_model(self.model, net, **options)
-            if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled
-                compile_model(self.ema.model, **options)
+            self.net = compile_model(self.model, net, scope=config.compile_scope, cuda_graphs=self.cuda_graphs)
+            if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled, without
+                # CUDA graphs (a sampler keeps earlier outputs, which a later replay would overwrite)
+                compile_model(self.ema.model, scope="regional")
         # the card's peak and the model FLOPs of a training image (paper convention), for MFU in the log
         card = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
         self.peak_tflops = config.peak_tflops or peak_tflops(card)
