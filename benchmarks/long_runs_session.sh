@@ -3,7 +3,8 @@
 # images each, 2 seeds each, class-conditional, compiled with CUDA graphs (batch 128), curves along training (4
 # points: FD in the Fashion-MNIST classifier's features and class accuracy without and with guidance 1.5), then
 # 10,000 samples per run; beside them, from the seed-0 checkpoints: 10,000 guided samples (scale 1.5), 2,000 with
-# the paper's DDPM-250 (does it order the models as the fast sampler?) and 10,000 with --center-noise.
+# the paper's DDPM-250 (does it order the models as the fast sampler?) and 10,000 with --center-noise; and how much
+# each seed-0 model reads its label per noise level (benchmarks/label_use.py, added after session 6's run).
 # nvidia-h200-x2, ~20 minutes: run the SAME command in back-to-back calls (the machine stays warm for 30 s; every
 # step resumes or is skipped when its result exists). The first call carries .carry/fashion-mnist and .carry/exp10
 # (classifier.pt + .json, trained on the CPU: one feature network for the curves and the scores); the later ones
@@ -53,12 +54,14 @@ mkdir -p "$D/logs"; nvidia-smi --query-gpu=name,driver_version --format=csv,nohe
 ( export CUDA_VISIBLE_DEVICES=0
   step kernel-route-test bash -c "python3 -m pytest -q -p no:cacheprovider --tb=short tests/ops/test_kernel_route_model.py; true"
   step train-lamamba-s $EXP --out "$D" --runs lamamba-s --stages train,curve,sample
+  step label-use-lamamba-s python3 benchmarks/label_use.py "$D/runs/lamamba-s" --json "$D/runs/lamamba-s/label_use.jsonl"
   side guided lamamba-s --sample-cfg 1.5
   side ddpm lamamba-s --sampler ddpm --sample-steps 250 --num-samples $(( N / 5 ))
   side center lamamba-s --center-noise
   score "$D" lamamba-s,lamamba-s-seed1; for name in guided ddpm center; do score "$D-$name" lamamba-s; done ) &
 ( export CUDA_VISIBLE_DEVICES=1
   step train-dit $EXP --out "$D" --runs dit-s2,dit-s2-seed1 --stages train,curve,sample
+  step label-use-dit-s2 python3 benchmarks/label_use.py "$D/runs/dit-s2" --json "$D/runs/dit-s2/label_use.jsonl"
   step train-lamamba-s-seed1 $EXP --out "$D" --runs lamamba-s-seed1 --stages train,curve,sample
   side guided dit-s2 --sample-cfg 1.5
   side ddpm dit-s2 --sampler ddpm --sample-steps 250 --num-samples $(( N / 5 ))
