@@ -1,14 +1,18 @@
 # Sourced by the device scripts that sample one trained `lamamba experiment` run in several ways
-# (remedy_session.sh, sampler_order_session.sh). Needs $OUT (device_env.sh).
+# (remedy_session.sh, sampler_order_session.sh, long_runs_session.sh). Needs $OUT (device_env.sh).
 
-# fork_run SRC DST RUN: DST becomes a copy of experiment directory SRC without RUN's samples, so that only the
-# sample (and score) stages run there, on SRC's trained checkpoint; a DST that already has the run is kept.
+# fork_run SRC DST RUN: experiment directory DST gets RUN's files from experiment directory SRC, its newest
+# checkpoint only and no samples (and SRC's feature network, where it has one), so that only the sample (and
+# score) stages run there, on SRC's trained checkpoint; fails while RUN is not trained; a DST that already has
+# the run is kept. DST may lie anywhere, SRC's other runs and older checkpoints are not copied.
 fork_run() {
-  local src=$1 dst=$2 run=$3
-  if [ -e "$src/runs/$run/train.json" ] && [ ! -e "$dst/runs/$run/train.json" ]; then
-    mkdir -p "$dst" && cp -r "$src/." "$dst/"
-    rm -rf "$dst/runs/$run/samples"
-  fi
+  local src=$1/runs/$3 dst=$2/runs/$3
+  [ -e "$src/train.json" ] || return 1
+  [ -e "$dst/checkpoints" ] && return 0
+  mkdir -p "$dst/checkpoints"
+  if ls "$1"/classifier.* >/dev/null 2>&1; then cp "$1"/classifier.* "$2/"; fi
+  find "$src" -maxdepth 1 -type f -exec cp {} "$dst/" \;
+  cp -r "$src/checkpoints/$(ls "$src/checkpoints" | sort | tail -1)" "$dst/checkpoints/"
 }
 
 # report_samples NAME DIR RUN: the tail of /tmp/NAME.log, RUN's training speed and noise-sample fraction into

@@ -14,6 +14,7 @@
 #   lamamba experiment fashion-mnist --runs seeds --out <dir> --train-images 600000 --batch-size 128 --stages report
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/experiment_variants.sh"
 # the data set stays in /tmp for the later calls, which carry the FID Inception instead (both exceed one carry)
 [ -d /tmp/fm ] || cp -r .carry/fashion-mnist /tmp/fm
 export LAMAMBA_FASHION_MNIST=/tmp/fm LAMAMBA_CACHE_DIR=/tmp/compile-cache
@@ -41,13 +42,7 @@ score() {  # experiment dir, runs: Inception and classifier scores on this GPU (
 }
 side() {  # name, run, extra experiment args...: sample the trained run's final checkpoint again into $D-name
   local name=$1 run=$2; shift 2
-  local src=$D/runs/$run dst=$D-$name/runs/$run
-  [ -e "$src/train.json" ] || return 1
-  if [ ! -e "$dst/checkpoints" ]; then
-    mkdir -p "$dst/checkpoints" && cp "$D"/classifier.* "$D-$name/"
-    find "$src" -maxdepth 1 -type f -exec cp {} "$dst/" \;
-    cp -r "$src/checkpoints/$(ls "$src/checkpoints" | sort | tail -1)" "$dst/checkpoints/"
-  fi
+  fork_run "$D" "$D-$name" "$run" || return 1
   step "$name-$run" $EXP --out "$D-$name" --runs "$run" --stages sample "$@"
 }
 mkdir -p "$D/logs"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 > "$D/logs/gpu.txt"

@@ -28,8 +28,9 @@ for spec in ${MODES//,/ }; do
   rm -rf "/tmp/tm/$name"; mkdir -p /tmp/tm; printf '%s\t%s\n' "$name" "$model" >> /tmp/tm/order.tsv
   timeout $left python3 -m lamamba.cli train --preset paper --data fashion-mnist --image-size 32 --model "$model" \
     --global-batch-size "$BATCH" --lr 1e-4 --weight-decay 0 --ema-decay 0.999 --ema-warmup --max-steps "$STEPS" \
-    --seed 0 --run-dir "/tmp/tm/$name" --log-every "${LOG_EVERY:-20}" --ckpt-every "$STEPS" --keep-last 1 --sample-every "$STEPS" \
-    --sample-num 0     --num-workers "${WORKERS:-4}" --no-tensorboard $flags > "/tmp/tm/$name.log" 2>&1 || tail -5 "/tmp/tm/$name.log" >> "$report"
+    --seed 0 --run-dir "/tmp/tm/$name" --log-every "${LOG_EVERY:-20}" --ckpt-every "$STEPS" --keep-last 1 \
+    --sample-every "$STEPS" --sample-num 0 --num-workers "${WORKERS:-4}" --no-tensorboard $flags \
+    > "/tmp/tm/$name.log" 2>&1 || tail -5 "/tmp/tm/$name.log" >> "$report"
 done
 python3 - <<'PY' | tee -a "$report"
 import json, pathlib, re, statistics
