@@ -110,7 +110,7 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
         self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
-                                               num_params=sum(p.numel() for p in self.model.parameters()),
+                                               num_params=self.num_parameters(),
                                                distributed=env.distributed)
         self.net = net
         if self.compiled:
@@ -160,6 +160,7 @@ class Trainer:
             "per_rank_batch_size": self.per_rank_batch,
             "precision": self.precision,
             "compiled": self.compiled,
+            "cuda_graphs": self.cuda_graphs,                  # resolved: --cuda-graphs may be left to the size rule
             "device": str(self.env.device),
             "num_parameters": self.num_parameters(),
             "torch_version": torch.__version__,
