@@ -1,5 +1,18 @@
-# Sourced by the device scripts that sample one trained `lamamba experiment` run in several ways
-# (remedy_session.sh, sampler_order_session.sh, long_runs_session.sh). Needs $OUT (device_env.sh).
+# Sourced by the device scripts that train `lamamba experiment` runs over back-to-back calls or sample one trained
+# run in several ways (remedy_session.sh, sampler_order_session.sh, long_runs_session.sh,
+# conditioning_session.sh). Needs $OUT (device_env.sh).
+
+# left: seconds to this call's deadline (DEADLINE_S, default 555 s; a call may run 600 s)
+left() { echo $(( ${DEADLINE_S:-555} - SECONDS )); }
+
+# step NAME COMMAND...: run COMMAND unless $D/done/NAME exists (an earlier call finished it) and while more than 20 s
+# are left, at most until the deadline; output appended to $D/logs/NAME.log, success leaves $D/done/NAME.
+step() {
+  local name=$1; shift; mkdir -p "$D/done" "$D/logs"
+  [ -e "$D/done/$name" ] && return 0
+  [ "$(left)" -gt 20 ] || return 1
+  timeout "$(left)" "$@" >> "$D/logs/$name.log" 2>&1 && touch "$D/done/$name"
+}
 
 # fork_run SRC DST RUN: experiment directory DST gets RUN's files from experiment directory SRC, its newest
 # checkpoint only and no samples (and SRC's feature network, where it has one), so that only the sample (and

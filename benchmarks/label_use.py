@@ -10,7 +10,9 @@ levels a checkpoint reads the label. For N test images, each with one fixed nois
   replaced by the null label, ``sqrt(1 - abar) / sqrt(abar) * |eps(y) - eps(null)|``: what guidance amplifies.
 
 A model that uses its label has ``mse wrong`` above ``mse true`` and a large ``x0 shift`` at the middle and high noise
-levels, where the garment's class is decided. Run on two checkpoints (e.g. ``lamamba-s`` and ``dit-s2`` of
+levels, where the garment's class is decided. A first line compares the sizes of the two parts of the condition
+``c = t_emb(t) + y_emb(y)``: the RMS spread of the class rows of the label table around their mean (what tells
+the classes apart) against the RMS of the timestep embedding over the grid. Run on two checkpoints (e.g. ``lamamba-s`` and ``dit-s2`` of
 ``lamamba experiment``) and compare the rows.
 
     python benchmarks/label_use.py RUN_DIR_OR_CHECKPOINT [--n 512] [--json out.jsonl]
@@ -58,11 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     x0_all, y_all = torch.stack([x for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
     noise_all = torch.randn(x0_all.shape, generator=torch.Generator().manual_seed(0))
     channels = x0_all.shape[1]
-    rows = []
+    steps = [int(v) for v in args.timesteps.split(",")]
+    with torch.no_grad():
+        table = model.y_embedder.embedding_table.weight[:classes].float()
+        t_emb = model.t_embedder(torch.tensor(steps, device=device)).float()
+    sizes = dict(label_spread_rms=(table - table.mean(0)).pow(2).mean().sqrt().item(),
+                 timestep_rms=t_emb.pow(2).mean().sqrt().item(), cond_dim=table.shape[1])
+    rows = [sizes]
     print(f"{checkpoint} ({model.config.extra.get('name', type(model).__name__)}), {n} test images, "
           f"{'raw' if args.raw_weights else 'EMA'} weights")
+    print(f"condition width {sizes['cond_dim']}: label rows' spread (RMS) {sizes['label_spread_rms']:.4f}, "
+          f"timestep embedding (RMS) {sizes['timestep_rms']:.4f}")
     print(f"{'t':>5} {'mse true':>9} {'mse wrong':>9} {'mse null':>9} {'x0 shift':>9}")
-    for step in (int(v) for v in args.timesteps.split(",")):
+    for step in steps:
         sums = torch.zeros(4, dtype=torch.float64)
         for i in range(0, n, args.batch_size):
             x0, y = x0_all[i:i + args.batch_size].to(device), y_all[i:i + args.batch_size].to(device)

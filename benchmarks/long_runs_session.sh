@@ -28,13 +28,6 @@ N=${N:-10000}   # samples per set (IMAGES, N, CURVE_N and TRAIN_FLAGS smaller fo
 ARGS="--train-images ${IMAGES:-600000} --batch-size 128 ${TRAIN_FLAGS:---compile --cuda-graphs} --curve-points 4
  --curve-samples ${CURVE_N:-1000} --features classifier --num-samples $N --sample-batch 1000"
 EXP="python3 -m lamamba.cli experiment fashion-mnist $ARGS"
-left() { echo $(( ${DEADLINE_S:-555} - SECONDS )); }
-step() {  # name, command...: run unless /tmp/exp10/done/name exists; log to /tmp/exp10/logs/name.log
-  local name=$1; shift; mkdir -p "$D/done" "$D/logs"
-  [ -e "$D/done/$name" ] && return 0
-  [ "$(left)" -gt 20 ] || return 1
-  timeout "$(left)" "$@" >> "$D/logs/$name.log" 2>&1 && touch "$D/done/$name"
-}
 score() {  # experiment dir, runs: Inception and classifier scores on this GPU (once the Inception is here)
   [ -e /tmp/inception.pt ] || return 1
   step "score-$(basename "$1")-$2" $EXP --out "$1" --runs "$2" --stages score --features inception,classifier \

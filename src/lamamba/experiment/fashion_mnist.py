@@ -48,7 +48,7 @@ class Run:
     name: str
     model: str
     overrides: dict[str, Any]
-    table: str                  # the paper's table: "4", "5" or "7"
+    table: str                  # the paper's table: "4", "5" or "7" ("" for our diagnostic runs)
     label: str                  # the row as the paper names it
     paper: dict[str, float]     # the paper's numbers for that row (ImageNet 256x256, 400k steps)
     seed: int = 0
@@ -71,6 +71,9 @@ RUNS: dict[str, Run] = {r.name: r for r in (
     # the same model again with another seed: the run-to-run spread that every gap must be read against
     Run("lamamba-s-seed1", "LaMamba-Diff-S", {}, "4", "LaMamba-Diff-S, seed 1", {}, seed=1),
     Run("dit-s2-seed1", "DiT-S/2", {}, "4", "DiT-S/2, seed 1", {}, seed=1),
+    # LaMamba-Diff-S hardly follows its label where DiT-S/2 does (docs/RESULTS.md): the same model with DiT-S/2's
+    # condition width (timestep + label embedding 384 instead of 192) tests whether the condition path is too narrow
+    Run("wide-condition", "LaMamba-Diff-S", dict(cond_dim=384), "", "LaMamba-Diff-S, condition width 384", {}),
 )}
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -78,6 +81,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "table5": ("lamamba-s", "no-attention", "no-shift", "global-attention"),
     "table7": ("lamamba-s", "concat-skip", "isotropic-p2"),
     "seeds": ("lamamba-s", "lamamba-s-seed1", "dit-s2", "dit-s2-seed1"),
+    # which difference from DiT-S/2 keeps LaMamba-Diff-S from following its label: local attention (global
+    # attention), the U-Net and its skips (isotropic), the condition width (wide condition)
+    "conditioning": ("lamamba-s", "dit-s2", "global-attention", "isotropic-p2", "wide-condition"),
     "all": tuple(RUNS),
 }
 
@@ -137,7 +143,7 @@ class ExperimentConfig:
 
 
 def select_runs(spec: str) -> list[Run]:
-    """``"all"``, a group (``table4``, ``table5``, ``table7``, ``seeds``) or comma-separated run names."""
+    """``"all"``, a group (``table4``, ``table5``, ``table7``, ``seeds``, ``conditioning``) or comma-separated run names."""
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part in GROUPS:

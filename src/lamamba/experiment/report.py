@@ -16,6 +16,7 @@ TITLES = {
     "table5": "Table 5: attention in the LaMamba block",
     "table7": "Table 7: architecture (skips, isotropic layout)",
     "seeds": "Run-to-run spread: the same models, another seed",
+    "conditioning": "Class conditioning: local attention, U-Net and condition width against DiT-S/2",
 }
 
 
