@@ -288,8 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "H200 it sped LaMamba-Diff-XL's sampling forward up by 0-20%% and slowed the small "
                              "model's without CUDA graphs, docs/PERFORMANCE.md)")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="replay the compiled blocks as CUDA graphs (mode reduce-overhead; 2-2.5x for "
-                             "LaMamba-Diff-S's sampling forward in lamamba bench; off by default)")
+                        help="with --compile: the whole forward compiled and replayed as a CUDA graph (1.6-1.8x eager "
+                             "for LaMamba-Diff-XL's sampling forward in lamamba bench on an H200; off by default)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with other work)")
@@ -366,7 +366,7 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.models.compile import compile_model, resolve_compile
+    from lamamba.models.compile import compile_for_sampling, resolve_compile
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -380,19 +380,19 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = resolve_checkpoint(args.checkpoint)
         info = load_checkpoint_info(checkpoint)
         model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=env.device)
-        # off unless asked for (None = not given), until compiled sampling is measured on GPUs
-        if resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr)):
-            if args.cuda_graphs and env.device.type != "cuda":
-                raise ValueError("--cuda-graphs needs a CUDA device")
-            compile_model(model, cuda_graphs=args.cuda_graphs)  # the blocks in place: forward_with_cfg uses them
-        elif args.cuda_graphs:
-            raise ValueError("--cuda-graphs replays compiled graphs: add --compile")
         diffusion = create_diffusion(**info["diffusion"])
         n, labels = _labels(args, model.config.num_classes)
         args.cfg_scale = _guidance(args.cfg_scale, model.config.num_classes)
         if args.clip_denoised is None:
             args.clip_denoised = clip_default(info)
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+        # off unless asked for (None = not given): compiled sampling with CUDA graphs awaits its GPU test
+        if resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr)):
+            if args.cuda_graphs and env.device.type != "cuda":
+                raise ValueError("--cuda-graphs needs a CUDA device")
+            compile_for_sampling(model, cuda_graphs=args.cuda_graphs)  # in place: forward_with_cfg uses it
+        elif args.cuda_graphs:
+            raise ValueError("--cuda-graphs replays compiled graphs: add --compile")
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)
         created = not out.exists()

@@ -22,14 +22,17 @@ The Inductor cache (compiled kernels, FX graphs, AOT autograd results) persists 
 ``$XDG_CACHE_HOME/lamamba/inductor`` (``~/.cache/lamamba/inductor``) instead of PyTorch's default under
 ``/tmp``, which a reboot empties. The variable is set when a model is compiled, never at import.
 
-CUDA graphs (``cuda_graphs=True``: ``mode="reduce-overhead"``) replay whole compiled graphs with one launch,
-for small models whose steps are launch-bound; shapes must stay static, and a training loop calls
-``torch.compiler.cudagraph_mark_step_begin()`` before each step (``lamamba train`` and ``lamamba bench`` do).
-``lamamba train`` turns them on by itself (:func:`resolve_cuda_graphs`) for compiled one-process CUDA training
-of models up to ``CUDA_GRAPHS_AUTO_MAX_PARAMS`` (50 M) parameters: on an H200 the S models (33 M) trained 4.0x
-(LaMamba-Diff-S) and 2.7x (DiT-S/2) faster than eager with the same losses, and four 10-epoch runs trained so
-(docs/PERFORMANCE.md, session 6). Larger models, whose steps are bound by the GPU rather than by launches,
-and multi-process (DDP) training keep them off unless asked for: neither has been measured with them.
+CUDA graphs (``cuda_graphs=True``: ``mode="reduce-overhead"``) replay whole compiled graphs with one launch; shapes
+must stay static, and a training loop calls ``torch.compiler.cudagraph_mark_step_begin()`` before each step
+(``lamamba train`` and ``lamamba bench`` do). ``lamamba train`` turns them on by itself (:func:`resolve_cuda_graphs`)
+for compiled one-process CUDA training: on an H200 LaMamba-Diff-S (33 M parameters) trained 4.0x and DiT-S/2 2.7x
+faster than eager with the same losses (session 6), and LaMamba-Diff-XL (256 px, batch 64, whole model compiled)
+1.35x faster than compiled without them at the same peak memory (478 vs 354 img/s, 30.8 GiB; session 7;
+docs/PERFORMANCE.md). Multi-process (DDP) training keeps them off unless asked for (not measured).
+
+``lamamba sample --compile --cuda-graphs`` compiles the whole forward and replays it as a CUDA graph
+(:func:`compile_for_sampling`); regional compilation with CUDA graphs cannot sample: the blocks of one signature
+overwrite each other's outputs within one forward (it failed so on an H200, session 7).
 """
 from __future__ import annotations
 
@@ -44,12 +47,11 @@ import torch.nn as nn
 from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
 
-__all__ = ["COMPILED_BLOCKS", "CUDA_GRAPHS_AUTO_MAX_PARAMS", "SCOPES", "cache_counts", "compile_model",
-           "describe_cache", "inductor_cache_dir", "resolve_compile", "resolve_cuda_graphs", "use_persistent_cache"]
+__all__ = ["COMPILED_BLOCKS", "SCOPES", "cache_counts", "compile_for_sampling", "compile_model", "describe_cache",
+           "inductor_cache_dir", "resolve_compile", "resolve_cuda_graphs", "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
-CUDA_GRAPHS_AUTO_MAX_PARAMS = 50_000_000  # the S models (33 M) measured; above, training is GPU-bound
 GRAPHS_PER_SIGNATURE = 4  # train and sample, each at the full batch and one other (the last batch)
 
 # one compiled function per (block forward, compile options): every block whose class has that forward uses it
@@ -104,16 +106,15 @@ def resolve_compile(requested: bool | None, device: torch.device, warn: Callable
     return True
 
 
-def resolve_cuda_graphs(requested: bool | None, *, compiled: bool, device: torch.device, num_params: int,
-                        distributed: bool) -> bool:
-    """``--cuda-graphs`` as given (an error without a compiled model on CUDA), else on for compiled one-process
-    CUDA training of models with at most ``CUDA_GRAPHS_AUTO_MAX_PARAMS`` parameters (module docstring)."""
+def resolve_cuda_graphs(requested: bool | None, *, compiled: bool, device: torch.device, distributed: bool) -> bool:
+    """``--cuda-graphs`` of ``lamamba train`` as given (an error without a compiled model on CUDA), else on for
+    compiled one-process CUDA training (module docstring)."""
     possible = compiled and device.type == "cuda"
     if requested is not None:
         if requested and not possible:
             raise ValueError("--cuda-graphs needs a compiled model on a CUDA device (--compile, --device cuda)")
         return requested
-    return possible and not distributed and num_params <= CUDA_GRAPHS_AUTO_MAX_PARAMS
+    return possible and not distributed
 
 
 def _signature(block: nn.Module) -> tuple:
@@ -144,6 +145,21 @@ def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:
     return len(blocks)
 
 
+def _prepare(model: nn.Module) -> None:
+    """One eager forward at batch size 1 without gradients (it builds and caches LaMamba-Diff's index tensors,
+    which compiled graphs then take as constants), and the persistent Inductor cache."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
+    y = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(x, t, y)
+    model.train(was_training)
+    use_persistent_cache()
+
+
 def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str = "regional",
                   cuda_graphs: bool = False, **compile_kwargs: Any) -> nn.Module:
     """Compile ``model`` (``scope`` "regional" or "full", see the module docstring); returns what to call.
@@ -157,16 +173,7 @@ def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str 
     """
     if scope not in SCOPES:
         raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    cfg = model.config
-    device = next(model.parameters()).device
-    x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    y = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(x, t, y)
-    model.train(was_training)
-    use_persistent_cache()
+    _prepare(model)
     if cuda_graphs:
         compile_kwargs["mode"] = "reduce-overhead"
     if scope == "full":
@@ -174,3 +181,24 @@ def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str 
     compile_kwargs.setdefault("dynamic", False)
     _compile_blocks(model, compile_kwargs)
     return net if net is not None else model
+
+
+def compile_for_sampling(model: nn.Module, *, cuda_graphs: bool = False, **compile_kwargs: Any) -> nn.Module:
+    """Compile ``model`` in place for sampling (``model(...)`` and ``forward_with_cfg`` use it); returns it.
+
+    Without CUDA graphs: regional compilation (:func:`compile_model`). With them, the whole forward is one graph
+    replayed as a CUDA graph, and every call begins a new CUDA-graph step and returns a copy of the output:
+    samplers keep earlier network outputs, which the next replay would overwrite (under regional compilation
+    the blocks of one signature would even overwrite each other's outputs within one forward).
+    """
+    if not cuda_graphs:
+        return compile_model(model, **compile_kwargs)
+    _prepare(model)
+    compiled = torch.compile(type(model).forward, mode="reduce-overhead", dynamic=False, **compile_kwargs)
+
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(model, *args, **kwargs).clone()
+
+    model.forward = forward
+    return model

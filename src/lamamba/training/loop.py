@@ -110,7 +110,6 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
         self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
-                                               num_params=self.num_parameters(),
                                                distributed=env.distributed)
         self.net = net
         if self.compiled:
