@@ -8,7 +8,8 @@ import torch
 
 import lamamba
 from lamamba.models import compile_model
-from lamamba.models.compile import inductor_cache_dir, resolve_cuda_graphs
+from lamamba.models import compile as compile_module
+from lamamba.models.compile import compile_for_sampling, inductor_cache_dir, release_compiled, resolve_cuda_graphs
 from lamamba.ops import scan_paths, window_attention
 
 VARIANTS = [dict(), dict(attention="none"), dict(attention="global"), dict(shift=False), dict(skip="concat"),
@@ -89,6 +90,25 @@ def test_regional_compile_shares_graphs_between_blocks_and_keeps_the_interface()
         guided = ema.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 10)]),
                                       cfg_scale=2.0)
     assert guided.shape == (4, 2, 16, 16) and len(graphs) > distinct   # eval/no-grad: graphs of its own
+    torch._dynamo.reset()
+
+
+def test_release_compiled_forgets_the_graphs_and_the_model_still_runs():
+    """``release_compiled`` (lamamba experiment, between training and sampling in one process) drops every graph;
+    a regionally compiled model then compiles its blocks again and computes the same."""
+    torch._dynamo.reset()
+    graphs: list = []
+    model = tiny().eval()
+    compile_for_sampling(model, backend=_counting_backend(graphs))  # without CUDA graphs: regional, in place
+    x, t, y = inputs()
+    with torch.no_grad():
+        before = model(x, t, y)
+        first = len(graphs)
+        release_compiled()
+        assert not compile_module._COMPILED
+        after = model(x, t, y)
+    assert first > 0 and len(graphs) == 2 * first          # traced again, as many graphs as the first time
+    assert torch.allclose(before, after)
     torch._dynamo.reset()
 
 

@@ -225,6 +225,7 @@ def train_run(cfg: ExperimentConfig, run: Run) -> Path:
     """Train (or resume) one run; writes ``train.json`` (speed, card, software) when done."""
     from lamamba import train
     from lamamba.bench import environment
+    from lamamba.models.compile import release_compiled
 
     directory = run_dir(cfg, run)
     done = directory / "train.json"
@@ -235,9 +236,12 @@ def train_run(cfg: ExperimentConfig, run: Run) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "command.txt").write_text("lamamba train " + " ".join(argv) + "\n")
     tic = time.time()
-    with _data_root(cfg.data_root):
-        if train.run(_parse(train, argv)) != 0:
-            raise RuntimeError(f"{run.name}: training diverged; see {directory / 'log.txt'}")
+    try:
+        with _data_root(cfg.data_root):
+            if train.run(_parse(train, argv)) != 0:
+                raise RuntimeError(f"{run.name}: training diverged; see {directory / 'log.txt'}")
+    finally:  # the next stages (or runs) in this process must not inherit training's compiled graphs and memory
+        release_compiled()
     result = dict(run=run.name, wall_s=time.time() - tic, steps=cfg.max_steps, batch_size=cfg.batch_size,
                   train_images=cfg.max_steps * cfg.batch_size, environment=environment(pick_device(cfg.device)),
                   **throughput(directory / "metrics.jsonl"))

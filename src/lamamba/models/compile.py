@@ -48,7 +48,7 @@ from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
 
 __all__ = ["COMPILED_BLOCKS", "SCOPES", "cache_counts", "compile_for_sampling", "compile_model", "describe_cache",
-           "inductor_cache_dir", "resolve_compile", "resolve_cuda_graphs", "use_persistent_cache"]
+           "inductor_cache_dir", "release_compiled", "resolve_compile", "resolve_cuda_graphs", "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
@@ -202,3 +202,18 @@ def compile_for_sampling(model: nn.Module, *, cuda_graphs: bool = False, **compi
 
     model.forward = forward
     return model
+
+
+def release_compiled() -> None:
+    """Forget every compiled graph (Dynamo's caches, the CUDA-graph trees and their private memory pools, the
+    shared regional forwards) and return the cached GPU memory: for a process that trained compiled and goes on
+    to sample (``lamamba experiment``'s train then curve stages). Without it, the CUDA-graph pools of training
+    (31 GiB for LaMamba-Diff-S with global attention) stayed allocated and the guided sampling of that model at
+    batch 1,000 ran out of memory on a 140 GiB H200 (session 7). Compiled kernels stay in the on-disk cache."""
+    import gc
+
+    torch._dynamo.reset()
+    _COMPILED.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
