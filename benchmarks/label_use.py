@@ -9,11 +9,12 @@ levels a checkpoint reads the label. For N test images, each with one fixed nois
 * ``x0 shift``: the RMS change of the predicted clean image, in pixel units of [-1, 1], when the true label is
   replaced by the null label, ``sqrt(1 - abar) / sqrt(abar) * |eps(y) - eps(null)|``: what guidance amplifies.
 
-A model that uses its label has ``mse wrong`` above ``mse true`` and a large ``x0 shift`` at the middle and high noise
-levels, where the garment's class is decided. A first line compares the sizes of the two parts of the condition
-``c = t_emb(t) + y_emb(y)``: the RMS spread of the class rows of the label table around their mean (what tells
-the classes apart) against the RMS of the timestep embedding over the grid. Run on two checkpoints (e.g. ``lamamba-s`` and ``dit-s2`` of
-``lamamba experiment``) and compare the rows.
+A model that uses its label has ``mse wrong`` above ``mse true`` at the middle noise levels, where the garment's
+class is decided (t = 350-750 on Fashion-MNIST; docs/RESULTS.md). ``x0 shift`` is comparable between models there;
+near t = 1000 the factor sqrt((1 - abar) / abar) amplifies any difference and it is large for every model. A first
+line compares the sizes of the two parts of the condition ``c = t_emb(t) + y_emb(y)``: the RMS spread of the class
+rows of the label table around their mean (what tells the classes apart) against the RMS of the timestep embedding
+over the grid. Run on two checkpoints (e.g. ``lamamba-s`` and ``dit-s2`` of ``lamamba experiment``) and compare.
 
     python benchmarks/label_use.py RUN_DIR_OR_CHECKPOINT [--n 512] [--json out.jsonl]
 """

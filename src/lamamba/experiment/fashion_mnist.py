@@ -143,7 +143,8 @@ class ExperimentConfig:
 
 
 def select_runs(spec: str) -> list[Run]:
-    """``"all"``, a group (``table4``, ``table5``, ``table7``, ``seeds``, ``conditioning``) or comma-separated run names."""
+    """``"all"``, a group (``table4``, ``table5``, ``table7``, ``seeds``, ``conditioning``) or comma-separated
+    run names."""
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part in GROUPS:
