@@ -98,3 +98,25 @@ def test_load_state_checks_and_workers():
     workers = build_dataloader(Indices(10), 3, seed=0, num_workers=1, pin_memory=False, drop_last=False)
     assert len(workers) == 4
     assert sorted(sum(consume(workers), [])) == list(range(10))
+
+
+class StopSignalHandlers(Dataset):
+    """Each item: whether SIGINT and SIGTERM are ignored in the process that loads it."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import signal
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN])
+
+
+def test_workers_leave_stop_signals_to_the_main_process():
+    """A scheduler's SIGTERM reaches every process of the job: the workers ignore it (and SIGINT), so the main
+    process can finish the step and save a checkpoint; the main process's own handlers are untouched."""
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    batches = consume(build_dataloader(StopSignalHandlers(), 2, num_workers=1, pin_memory=False))
+    assert batches and all(all(item) for batch in batches for item in batch)
+    assert signal.getsignal(signal.SIGTERM) == before

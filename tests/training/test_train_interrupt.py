@@ -20,12 +20,12 @@ TINY_ARGS = ["--model-arg", "embed_dim=8", "--model-arg", "cond_dim=16", "--glob
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and flock")
 
 
-def _start(*args, cwd):
+def _start(*args, cwd, **popen):
     src = os.path.dirname(os.path.dirname(lamamba.__file__))  # this checkout, whatever the working directory
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
     return subprocess.Popen([sys.executable, "-m", "lamamba.train", *TINY_ARGS, "--device", "cpu", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, **popen)
 
 
 def _wait_for(condition, proc, timeout=120):
@@ -72,6 +72,21 @@ def test_sigterm_then_sigint_saves_the_step_and_the_same_command_resumes(tmp_pat
     assert [p.name for p in results.iterdir()] == [run_dir().name]
     assert f"resumed from {run_dir() / 'checkpoints' / f'{step:07d}'}" in (run_dir() / "log.txt").read_text()
     assert _steps(run_dir()) == list(range(1, 41))
+
+
+def test_sigterm_to_the_whole_job_with_data_workers_still_saves(tmp_path):
+    """Schedulers and `timeout` signal every process of the job, DataLoader workers included: the workers leave
+    the signal to the main process, which saves the step and exits 143 (a killed worker used to make it fail)."""
+    run = tmp_path / "run"
+    proc = _start("--run-dir", run, "--max-steps", 100_000, "--ckpt-every", 100_000, "--num-workers", 2,
+                  cwd=tmp_path, start_new_session=True)
+    _wait_for(lambda: len(_steps(run)) >= 3, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.EXIT_SIGTERM, err[-2000:]
+    assert _last_line(err).startswith("lamamba train: interrupted by SIGTERM at step "), err[-2000:]
+    step = int(_last_line(err).split("at step ")[1].split(":")[0])
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [step]
 
 
 def test_second_start_is_refused_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path, capsys):

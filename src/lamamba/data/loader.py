@@ -16,6 +16,7 @@ a resume mid-epoch reproduces it exactly (with workers, a per-worker stream woul
 """
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,5 +182,14 @@ def build_dataloader(
     return ResumableLoader(
         dataset, sampler, batch_size, num_workers=num_workers, drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=leave_stop_signals_to_main if num_workers else None,
     )
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: the main process handles them (it finishes the step, saves a
+    checkpoint and exits, ``training/interrupt.py``) and then shuts its workers down; they also end with it.
+    Schedulers and ``timeout`` signal every process of a job: killed by SIGTERM, a worker made the main process fail
+    ("DataLoader worker ... is killed by signal: Terminated", reported as an internal error) before it could save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
