@@ -288,6 +288,9 @@ def test_format_tables_one_table_per_group_with_two_selected_runs():
     lines = text.splitlines()
     assert "| A | 1.2 | 0.50 | 1234 | 12.35 | 3.21 | 0.500 | 0.250 / 0.750 | 12.5% | 32 / 3.19 / 55.68 |" in lines
     assert format_tables([full]) == "\n"
+    # the conditioning table appears with a run of its own, not for the two models table 4 already shows
+    text = format_tables(rows + [table_row("wide-condition", "D")])
+    assert text.count("### ") == 3 and "### Class conditioning" in text
 
 
 def test_format_tables_missing_noise_fraction_is_a_plain_dash():

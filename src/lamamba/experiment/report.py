@@ -58,15 +58,18 @@ def _pct(value: float | None) -> str:
 
 
 def format_tables(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one table per paper table (rows of runs that were selected)."""
+    """Markdown: one table per group of ``TITLES`` with at least two selected runs, one of them new (a group whose
+    runs all appeared in earlier tables is left out)."""
     by_name = {r["run"]: r for r in rows}
     head = ("| row | params (M) | GFLOPs | train img/s | FID (Inception) | FD (classifier) | class acc. | "
             "precision / recall | noise samples | paper: params / GFLOPs / FID |\n" + "|---" * 10 + "|")
-    parts = []
+    parts, shown = [], set()
     for group, title in TITLES.items():
         members = [by_name[n] for n in GROUPS[group] if n in by_name]
-        if len(members) < 2 or (group == "seeds" and all(r.get("seed", 0) == 0 for r in members)):
-            continue  # a spread table needs a second seed
+        names = {r["run"] for r in members}
+        if len(members) < 2 or names <= shown:
+            continue  # e.g. the spread table without a second seed: nothing an earlier table did not show
+        shown |= names
         lines = [f"### {title}", "", head]
         for r in members:
             p = r["paper"]
