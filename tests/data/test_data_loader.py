@@ -120,3 +120,13 @@ def test_workers_leave_stop_signals_to_the_main_process():
     batches = consume(build_dataloader(StopSignalHandlers(), 2, num_workers=1, pin_memory=False))
     assert batches and all(all(item) for batch in batches for item in batch)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_items_seed_only_the_cpu_generator(monkeypatch):
+    """Per-item seeding touches the CPU generator alone (what the datasets draw from): ``torch.manual_seed`` also
+    seeds every other device, and without an initialised CUDA it captures a stack trace for a lazy CUDA seeding
+    each time (0.12 ms per item, 60x the CPU generator's own seeding)."""
+    def fail(seed):
+        raise AssertionError("torch.manual_seed called per item")
+    monkeypatch.setattr(torch, "manual_seed", fail)
+    assert sorted(sum(consume(build_dataloader(Indices(10), 2, seed=0, pin_memory=False)), [])) == list(range(10))
