@@ -21,8 +21,9 @@ __all__ = ["TrainConfig", "PRESETS", "DIGITS_DEMO_MODEL", "default_preset", "res
 # The built-in demo's network: LaMamba-Diff at width 32 with 2x2 patches, so that the 16x16 digits become an
 # 8x8 token map (one token per pixel of the original 8x8 scans; with the default window of 8 each map is a
 # single attention window); one block per encoder stage and per decoder stage, SS2D inner width = block width.
-# 1.6 M parameters. On a CPU ~43% of a step is the selective-scan reference (9% forward, 34% backward, which
-# recomputes the forward under autograd), which is why the SSM expansion is 1 here rather than 2.
+# 1.6 M parameters. On a CPU the selective-scan reference is the costliest part of a step (it was 43% with
+# autograd through its parallel scan; its analytic backward took ~10% off the step), which is why the SSM
+# expansion is 1 here rather than 2.
 DIGITS_DEMO_MODEL: dict[str, Any] = dict(embed_dim=32, cond_dim=64, num_heads=2, depths=(1, 1, 1, 0),
                                          decoder_depths=(0, 1, 1, 1), ssm_ratio=1.0, patch_size=2)
 
