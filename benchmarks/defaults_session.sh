@@ -10,8 +10,8 @@
 #          network outputs) and unguided.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/experiment_variants.sh"   # left()
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
-left() { echo $(( ${DEADLINE_S:-550} - SECONDS )); }
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
 ( export CUDA_VISIBLE_DEVICES=0
