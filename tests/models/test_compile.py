@@ -155,4 +155,3 @@ def test_cuda_graphs_default_rule():
     for off in (dict(compiled=False), dict(device=cpu)):
         with pytest.raises(ValueError, match="--cuda-graphs needs a compiled model on a CUDA device"):
             resolve_cuda_graphs(True, **{**auto, **off})
-

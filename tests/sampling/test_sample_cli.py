@@ -215,6 +215,7 @@ def test_cli_center_noise(checkpoint, tmp_path, capsys):
     assert "centered noise" in capsys.readouterr().out
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_compiled_cuda_graph_sampling_equals_eager(checkpoint, tmp_path):
     """``--compile --cuda-graphs`` gives eager's images. The guided multistep sampler keeps earlier network
