@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee
 ( export CUDA_VISIBLE_DEVICES=0
   timeout 300 python3 -m pytest -q -p no:warnings --tb=short tests/ops/test_kernel_route_model.py \
     tests/ops/test_fused_adaln.py tests/ops/test_gated_norm.py tests/ops/test_triton_ss2d.py tests/ops/test_recompute.py \
-    tests/sampling/test_sample_cli.py -k "not cli_writes" 2>&1 | tail -15 > /tmp/gpu-tests.txt ) &
+    tests/sampling/test_sample_cli.py::test_compiled_cuda_graph_sampling_equals_eager 2>&1 | tail -15 > /tmp/gpu-tests.txt ) &
 ( export LAMAMBA_CACHE_DIR=/tmp/cache CUDA_VISIBLE_DEVICES=1
   timeout "$(left)" python3 -m lamamba.cli train --preset paper --data fashion-mnist --image-size 32 \
     --model LaMamba-Diff-S --global-batch-size 128 --max-steps 300 --ckpt-every 300 --sample-every 300 \
