@@ -366,7 +366,7 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.models.compile import compile_for_sampling, resolve_compile
+    from lamamba.models.compile import compile_for_sampling, resolve_compile, resolve_cuda_graphs
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -387,12 +387,11 @@ def run(args: argparse.Namespace) -> int:
             args.clip_denoised = clip_default(info)
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
         # off unless asked for (None = not given): compiled sampling with CUDA graphs awaits its GPU test
-        if resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr)):
-            if args.cuda_graphs and env.device.type != "cuda":
-                raise ValueError("--cuda-graphs needs a CUDA device")
-            compile_for_sampling(model, cuda_graphs=args.cuda_graphs)  # in place: forward_with_cfg uses it
-        elif args.cuda_graphs:
-            raise ValueError("--cuda-graphs replays compiled graphs: add --compile")
+        compiled = resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr))
+        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, compiled=compiled, device=env.device,
+                                          distributed=env.distributed)
+        if compiled:
+            compile_for_sampling(model, cuda_graphs=cuda_graphs)  # in place: forward_with_cfg uses it
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)
         created = not out.exists()

@@ -107,8 +107,8 @@ def resolve_compile(requested: bool | None, device: torch.device, warn: Callable
 
 
 def resolve_cuda_graphs(requested: bool | None, *, compiled: bool, device: torch.device, distributed: bool) -> bool:
-    """``--cuda-graphs`` of ``lamamba train`` as given (an error without a compiled model on CUDA), else on for
-    compiled one-process CUDA training (module docstring)."""
+    """``--cuda-graphs`` as given (an error without a compiled model on CUDA), else (``lamamba train``; ``lamamba
+    sample`` always gives it) on for compiled one-process CUDA runs (module docstring)."""
     possible = compiled and device.type == "cuda"
     if requested is not None:
         if requested and not possible:

@@ -169,7 +169,7 @@ class Trainer:
             "per_rank_batch_size": self.per_rank_batch,
             "precision": self.precision,
             "compiled": self.compiled,
-            "cuda_graphs": self.cuda_graphs,                  # resolved: --cuda-graphs may be left to the size rule
+            "cuda_graphs": self.cuda_graphs,                  # resolved: --cuda-graphs may be left to the default
             "device": str(self.env.device),
             "num_parameters": self.num_parameters(),
             "torch_version": torch.__version__,
