@@ -17,10 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+from lamamba.experiment.curves import read_curve
+
 MIDDLE = range(350, 751)  # noise levels whose label-use gap is averaged
 
 
-def _rows(path: Path) -> list[dict]:
+def _rows(path: Path) -> list[dict]:  # a label_use.py --json file
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -36,7 +38,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def run_row(directory: Path, images: set[int] | None = None) -> str | None:
     """One Markdown row for a run directory (None when it has neither curve nor label-use results)."""
-    curve = [c for c in _rows(directory / "curve.jsonl") if images is None or c["images"] in images]
+    curve = [c for c in read_curve(directory) if images is None or c["images"] in images]
     probes = sorted(directory.glob("label-use-*.jsonl"))
     if not curve and not probes:
         return None
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_row(run)
         if row:
             print(row)
-            images |= {c["images"] for c in _rows(run / "curve.jsonl")}
+            images |= {c["images"] for c in read_curve(run)}
     if args.reference is not None:
         for run in sorted(d for d in (args.reference / "runs").glob("*") if d.is_dir()):
             row = run_row(run, images)
