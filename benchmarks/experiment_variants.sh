@@ -1,6 +1,6 @@
 # Sourced by the device scripts that train `lamamba experiment` runs over back-to-back calls or sample one trained
 # run in several ways (remedy_session.sh, sampler_order_session.sh, long_runs_session.sh,
-# conditioning_session.sh; defaults_session.sh uses left()). Needs $OUT (device_env.sh).
+# conditioning_session.sh; defaults_session.sh uses left() only). Needs $OUT (device_env.sh).
 
 # left: seconds to this call's deadline (DEADLINE_S, default 555 s; a call may run 600 s)
 left() { echo $(( ${DEADLINE_S:-555} - SECONDS )); }

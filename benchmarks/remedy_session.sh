@@ -15,7 +15,7 @@ source "$(dirname "$0")/experiment_variants.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 N=${N:-5000}
 EXP="python3 -m lamamba.cli experiment fashion-mnist --runs lamamba-s --num-samples $N --sample-batch 1000"
-left() { echo $(( ${DEADLINE_S:-560} - SECONDS )); }
+DEADLINE_S=${DEADLINE_S:-560}   # this script's deadline for left() (experiment_variants.sh)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$OUT/log.txt"
 ( export CUDA_VISIBLE_DEVICES=0
   timeout "$(left)" $EXP --out /tmp/plain --stages train,sample > /tmp/plain.log 2>&1

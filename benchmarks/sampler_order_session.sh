@@ -12,7 +12,7 @@ source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 N=${N:-2000}
-left() { echo $(( ${DEADLINE_S:-560} - SECONDS )); }
+DEADLINE_S=${DEADLINE_S:-560}   # this script's deadline for left() (experiment_variants.sh)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$OUT/log.txt"
 one() {  # gpu, run
   local gpu=$1 run=$2
