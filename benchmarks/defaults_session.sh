@@ -4,7 +4,8 @@
 # no regression), XL with CUDA graphs (1.35x training, same memory: now on by default) and compiled sampling with
 # CUDA graphs (failed under regional compilation; fixed by compiling the whole forward, not yet run on a GPU).
 # Carry .carry/fashion-mnist. Everything lands in $OUT/log.txt.
-#   GPU 0: the GPU tests (the kernel-route model test, the fused kernels, the compiled-sampling test against eager).
+#   GPU 0: the GPU tests (the kernel-route model test, the fused kernels, the compiled-sampling test against eager),
+#          profiles of the compiled LaMamba-Diff-S and DiT-S/2 steps, the scan at S's shapes under five launches.
 #   GPU 1: a short LaMamba-Diff-S run sampled eagerly and with --compile --cuda-graphs from the same seeds (do the
 #          pictures agree? how long does each take, compilation included?), guided (the sampler keeps earlier
 #          network outputs) and unguided.
@@ -17,7 +18,15 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee
 ( export CUDA_VISIBLE_DEVICES=0
   timeout 300 python3 -m pytest -q -p no:warnings --tb=short tests/ops/test_kernel_route_model.py \
     tests/ops/test_fused_adaln.py tests/ops/test_gated_norm.py tests/ops/test_triton_ss2d.py tests/ops/test_recompute.py \
-    tests/sampling/test_sample_cli.py::test_compiled_cuda_graph_sampling_equals_eager 2>&1 | tail -15 > /tmp/gpu-tests.txt ) &
+    tests/sampling/test_sample_cli.py::test_compiled_cuda_graph_sampling_equals_eager 2>&1 | tail -15 > /tmp/gpu-tests.txt
+  # where the compiled small-model step goes (the S target), then the scan at LaMamba-Diff-S's shapes
+  for m in LaMamba-Diff-S DiT-S/2; do
+    timeout "$(left)" python3 benchmarks/profile_step.py --preset fashion-mnist --model $m --compile --rows 45 \
+      > "$OUT/profile-compiled-${m%%/*}.txt" 2>&1; done
+  for launch in "" "--programs-per-sm 32" "--programs-per-sm 64" "--bwd-num-warps 2" "--block-t 32"; do
+    for shape in "16 192" "8 384" "4 768"; do set -- $shape
+      timeout "$(left)" python3 benchmarks/bench_scan.py --shapes 128x$1 --vae-factor 1 --d $2 $launch 2>&1 \
+        | grep -v "^ *px" | sed "s/^/[$launch] /"; done; done > /tmp/scan-s.txt ) &
 ( export LAMAMBA_CACHE_DIR=/tmp/cache CUDA_VISIBLE_DEVICES=1
   timeout "$(left)" python3 -m lamamba.cli train --preset paper --data fashion-mnist --image-size 32 \
     --model LaMamba-Diff-S --global-batch-size 128 --max-steps 300 --ckpt-every 300 --sample-every 300 \
@@ -40,7 +49,7 @@ for cfg in ("1", "1.5"):
 PY
   cat /tmp/s-times.txt >> /tmp/s-compare.txt; tail -2 /tmp/s-compiled-1.5.log >> /tmp/s-compare.txt ) &
 wait
-for f in gpu-tests s-compare; do
+for f in gpu-tests scan-s s-compare; do
   echo "== $f" >> "$log"; cat "/tmp/$f.txt" >> "$log" 2>/dev/null; done
 tail -3 /tmp/s-train.log >> "$log"
 cat "$log"
