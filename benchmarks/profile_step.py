@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from lamamba import create_model
 from lamamba.bench import PRESETS
 from lamamba.diffusion import create_diffusion
+from lamamba.models import compile_model
 
 GROUPS = [  # (group, substrings of kernel names), first match wins
     ("selective scan", ("_scan", "ss2d")),
@@ -49,7 +50,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     model = create_model(args.model, image_size=args.image_size, in_channels=channels, num_classes=classes,
                          latent_downsample=preset["latent_downsample"]).cuda()
-    net = torch.compile(model) if args.compile else model
+    # the library's whole-model compilation: a plain torch.compile(model) before any eager call would trace the
+    # construction of the index tensors into the graph and run it on the host (it failed so in Inductor's C++)
+    net = compile_model(model, scope="full") if args.compile else model
     diffusion = create_diffusion()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
     side = model.config.input_size

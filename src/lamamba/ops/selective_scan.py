@@ -40,6 +40,7 @@ BACKEND_ENV = "LAMAMBA_SCAN_BACKEND"
 #                                 Backend selection
 # ------------------------------------------------------------------------------------------------
 
+@torch.compiler.assume_constant_result   # a constant under torch.compile (not traced through the cache)
 @functools.lru_cache(maxsize=None)
 def _triton_available() -> bool:
     try:
