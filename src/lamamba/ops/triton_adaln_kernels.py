@@ -19,6 +19,12 @@ the per-sample vectors (shift, scale, gate) are loaded once, and the per-sample 
 registers; the backward writes them as per-program partial sums that ``adaln_partial_sums_kernel`` adds up in
 one launch (deterministic, no atomics; it replaced ~9 small PyTorch reductions and casts per call, host time
 that launch-bound small models pay).
+
+Registers: a tile is 4,096 elements, so every (BLOCK_R, BLOCK_D) array costs a thread 16 registers at 8 warps.
+Within a program ``scale`` is one sample's, so the backward keeps only three running sums, ``sum d_out``,
+``sum d_out * xhat`` and ``sum d_x_out * branch``, and derives the five partials from them at the end
+(``d_w = (1 + scale) sum d_out xhat``, ``d_b = (1 + scale) sum d_out``, ``d_scale = w sum d_out xhat + b sum
+d_out``); element offsets are 32-bit within a sample (the sample's base is a 64-bit scalar).
 """
 from __future__ import annotations
 
@@ -33,12 +39,12 @@ def _vector(ptr, offset, cols, cmask, ACC: tl.constexpr):
 
 
 @triton.jit
-def _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R: tl.constexpr):
-    """Rows of tile ``i`` of program ``pb`` of sample ``n``: (row mask, element mask, global rows, offsets)."""
+def _tile(pb, i, T, D, TILES, cols, cmask, BLOCK_R: tl.constexpr):
+    """Rows of tile ``i`` of program ``pb`` in its sample: (row mask, element mask, rows, element offsets), all
+    relative to the sample's first row (32-bit: one sample's T x D elements)."""
     t = (pb * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = t < T
-    row = n.to(tl.int64) * T + t
-    return rmask, rmask[:, None] & cmask[None, :], row, row[:, None] * D + cols[None, :]
+    return rmask, rmask[:, None] & cmask[None, :], t, t[:, None] * D + cols[None, :]
 
 
 @triton.jit
@@ -55,8 +61,11 @@ def adaln_fwd_kernel(x_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr
     scale1 = _vector(scale_ptr, n * stride_mod, cols, cmask, ACC) + 1.0
     if HAS_RESIDUAL:
         gate = _vector(gate_ptr, n * stride_mod, cols, cmask, ACC)
+    row0 = n.to(tl.int64) * T                                   # the sample's first row
+    x_ptr, br_ptr, xo_ptr, out_ptr = x_ptr + row0 * D, br_ptr + row0 * D, xo_ptr + row0 * D, out_ptr + row0 * D
+    mean_ptr, rstd_ptr = mean_ptr + row0, rstd_ptr + row0
     for i in range(TILES):
-        rmask, mask, row, offs = _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R)
+        rmask, mask, row, offs = _tile(pb, i, T, D, TILES, cols, cmask, BLOCK_R)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
         if HAS_RESIDUAL:
             x += gate * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -86,24 +95,22 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
     scale1 = _vector(scale_ptr, n * stride_mod, cols, cmask, ACC) + 1.0
     if HAS_RESIDUAL:
         gate = _vector(gate_ptr, n * stride_mod, cols, cmask, ACC)
-    acc_w = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
-    acc_b = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
-    acc_shift = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
-    acc_scale = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
-    acc_gate = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)
+    row0 = n.to(tl.int64) * T                                   # the sample's first row
+    dout_ptr, dxo_ptr, xo_ptr, br_ptr = dout_ptr + row0 * D, dxo_ptr + row0 * D, xo_ptr + row0 * D, br_ptr + row0 * D
+    dx_ptr, dbr_ptr, mean_ptr, rstd_ptr = dx_ptr + row0 * D, dbr_ptr + row0 * D, mean_ptr + row0, rstd_ptr + row0
+    sum_dout = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)          # sum of d_out
+    sum_dout_xhat = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)     # sum of d_out * xhat
+    sum_gate = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)          # sum of d_x_out * branch
     for i in range(TILES):
-        rmask, mask, row, offs = _tile(n, pb, i, T, D, TILES, cols, cmask, BLOCK_R)
+        rmask, mask, row, offs = _tile(pb, i, T, D, TILES, cols, cmask, BLOCK_R)
         mean = tl.load(mean_ptr + row, mask=rmask, other=0.0)
         rstd = tl.load(rstd_ptr + row, mask=rmask, other=0.0)
         xo = tl.load(xo_ptr + offs, mask=mask, other=0.0).to(ACC)
         xhat = tl.where(mask, (xo - mean[:, None]) * rstd[:, None], 0.0)
         dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(ACC)
-        g = dout * scale1
-        acc_w += g * xhat
-        acc_b += g
-        acc_shift += dout
-        acc_scale += tl.where(mask, dout * (xhat * w + b), 0.0)
-        dxhat = g * w
+        sum_dout += dout
+        sum_dout_xhat += dout * xhat
+        dxhat = dout * scale1 * w
         c1 = tl.sum(dxhat, axis=1) / D
         c2 = tl.sum(dxhat * xhat, axis=1) / D
         dx = rstd[:, None] * (dxhat - c1[:, None] - xhat * c2[:, None])
@@ -112,16 +119,19 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_RESIDUAL:
             tl.store(dbr_ptr + offs, (dx * gate).to(dbr_ptr.dtype.element_ty), mask=mask)
-            acc_gate += dx * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC)
+            sum_gate += dx * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC)
     # partial sums, (5, samples, row blocks, D): w, b, shift, scale, gate
+    s_dout = tl.sum(sum_dout, axis=0)[None, :]
+    s_dout_xhat = tl.sum(sum_dout_xhat, axis=0)[None, :]
     stride_q = tl.num_programs(0) * n_pb * D
-    base = (n * n_pb + pb).to(tl.int64) * D + cols
-    tl.store(part_ptr + base, tl.sum(acc_w, axis=0), mask=cmask)
-    tl.store(part_ptr + stride_q + base, tl.sum(acc_b, axis=0), mask=cmask)
-    tl.store(part_ptr + 2 * stride_q + base, tl.sum(acc_shift, axis=0), mask=cmask)
-    tl.store(part_ptr + 3 * stride_q + base, tl.sum(acc_scale, axis=0), mask=cmask)
+    base = (n * n_pb + pb).to(tl.int64) * D + cols[None, :]
+    m = cmask[None, :]
+    tl.store(part_ptr + base, scale1 * s_dout_xhat, mask=m)
+    tl.store(part_ptr + stride_q + base, scale1 * s_dout, mask=m)
+    tl.store(part_ptr + 2 * stride_q + base, s_dout, mask=m)
+    tl.store(part_ptr + 3 * stride_q + base, w * s_dout_xhat + b * s_dout, mask=m)
     if HAS_RESIDUAL:
-        tl.store(part_ptr + 4 * stride_q + base, tl.sum(acc_gate, axis=0), mask=cmask)
+        tl.store(part_ptr + 4 * stride_q + base, tl.sum(sum_gate, axis=0)[None, :], mask=m)
 
 
 @triton.jit
