@@ -284,12 +284,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "have none left and centering costs quality (docs/RESULTS.md; off by default: the "
                              "paper's sampler draws plain Gaussian noise)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the network's blocks (regional compilation; off by default: on an "
-                             "H200 it sped LaMamba-Diff-XL's sampling forward up by 0-20%% and slowed the small "
-                             "model's without CUDA graphs, docs/PERFORMANCE.md)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="with --compile: the whole forward compiled and replayed as a CUDA graph (1.6-1.8x eager "
-                             "for LaMamba-Diff-XL's sampling forward in lamamba bench on an H200; off by default)")
+                        help="torch.compile the network (default: on CUDA for jobs of at least a million network "
+                             "evaluations, images x steps, x2 with guidance: the compilation, ~40 s to 2 minutes "
+                             "with a cold cache, then pays for itself; docs/PERFORMANCE.md)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay the compiled forward as a CUDA graph (default: on whenever compiled on CUDA; "
+                             "1.6-1.8x the eager speed of LaMamba-Diff-XL's sampling forward on an H200, same images)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy with other work)")
@@ -366,7 +366,7 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.models.compile import compile_for_sampling, resolve_compile, resolve_cuda_graphs
+    from lamamba.models.compile import compile_for_sampling, resolve_cuda_graphs, resolve_sampling_compile
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -386,11 +386,15 @@ def run(args: argparse.Namespace) -> int:
         if args.clip_denoised is None:
             args.clip_denoised = clip_default(info)
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-        # off unless asked for (None = not given): compiled sampling with CUDA graphs awaits its GPU test
-        compiled = resolve_compile(bool(args.compile), env.device, lambda message: print(message, file=sys.stderr))
-        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, compiled=compiled, device=env.device,
-                                          distributed=env.distributed)
+        mine = shard_range(n, env.rank, env.world_size)
+        evaluations = len(mine) * steps * (1 if args.cfg_scale == 1 else 2)
+        compiled = resolve_sampling_compile(args.compile, env.device, evaluations,
+                                            lambda message: print(message, file=sys.stderr))
+        cuda_graphs = resolve_cuda_graphs(args.cuda_graphs, compiled=compiled, device=env.device, distributed=False)
         if compiled:
+            if env.is_main and args.compile is None:
+                print(f"compiling the network{' with CUDA graphs' if cuda_graphs else ''} for {evaluations:,} "
+                      f"network evaluations (--no-compile to skip)", file=sys.stderr)
             compile_for_sampling(model, cuda_graphs=cuda_graphs)  # in place: forward_with_cfg uses it
         decode = _decoder(info, args.vae, env.device)
         out = Path(args.out) if args.out else _default_out(checkpoint, info, args, steps)
@@ -403,18 +407,20 @@ def run(args: argparse.Namespace) -> int:
                 (out / "images").mkdir(exist_ok=True)
         barrier()
 
-        mine = shard_range(n, env.rank, env.world_size)
         side, channels = info["image_size"], info["image_channels"]
         shard = np.lib.format.open_memmap(shard_dir / f"rank-{env.rank:05d}.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(mine), side, side, channels))
         bar = tqdm(total=len(mine), unit="img", desc="sampling", disable=not (args.progress and env.is_main))
         for start in range(0, len(mine), args.batch_size):
             batch = mine[start:start + args.batch_size]
-            z = generate(model, diffusion, indices=batch, labels=None if labels is None else labels[list(batch)],
+            # compiled graphs are per batch size: rather than compiling again for the last, smaller batch, fill it
+            # up with repeats of its last sample (a sample depends only on its seed and index) and drop them
+            indices = list(batch) + [batch[-1]] * (args.batch_size - len(batch)) if compiled and start else batch
+            z = generate(model, diffusion, indices=indices, labels=None if labels is None else labels[list(indices)],
                          seed=args.seed, sampler=args.sampler, steps=steps, cfg_scale=args.cfg_scale,
                          guided_channels=args.guided_channels, device=env.device,
                          autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
-                         clip_denoised=args.clip_denoised, center_noise=args.center_noise)
+                         clip_denoised=args.clip_denoised, center_noise=args.center_noise)[:len(batch)]
             images = to_uint8(decode(z))
             shard[start:start + len(batch)] = images
             if args.save_images:

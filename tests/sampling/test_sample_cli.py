@@ -219,7 +219,7 @@ def test_cli_center_noise(checkpoint, tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_compiled_cuda_graph_sampling_equals_eager(checkpoint, tmp_path):
     """``--compile --cuda-graphs`` gives eager's images. The guided multistep sampler keeps earlier network
-    outputs, which a replayed graph must not overwrite, and the last, smaller batch replays a second graph."""
+    outputs, which a replayed graph must not overwrite, and the last, smaller batch is padded to the full one."""
     images = {}
     for mode, flags in (("eager", ["--no-compile"]), ("graphs", ["--compile", "--cuda-graphs"])):
         out = tmp_path / mode
@@ -230,3 +230,46 @@ def test_compiled_cuda_graph_sampling_equals_eager(checkpoint, tmp_path):
             images[mode] = data["arr_0"].astype(int)
     diff = np.abs(images["graphs"] - images["eager"])
     assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())  # rounding of other kernels only
+
+
+def test_compiled_sampling_pads_the_last_batch(checkpoint, tmp_path, monkeypatch):
+    """A compiled network samples every batch at the full batch size (one graph): the last batch is filled up with
+    repeats of its last sample and the extra dropped; the images are the uncompiled run's. Compilation itself is
+    replaced by a recorder of batch sizes (compiling on the CPU would take minutes)."""
+    from lamamba.models import compile as compile_module
+
+    sizes = []
+
+    def record(model, cuda_graphs=False):
+        forward = model.forward
+        model.forward = lambda x, *a, **k: (sizes.append(x.shape[0]), forward(x, *a, **k))[1]
+        return model
+
+    def run(name, *flags):
+        out = tmp_path / name
+        assert sample.main([str(checkpoint), "--num-samples", "7", "--labels", "3,1", "--steps", "3", "--batch-size",
+                            "3", "--sampler", "ddim", "--npz", "--out", str(out), "--no-progress", *flags]) == 0
+        with np.load(out / "samples.npz") as data:
+            return data["arr_0"], data["arr_1"]
+
+    eager = run("eager", "--no-compile")
+    monkeypatch.setattr(compile_module, "compile_for_sampling", record)
+    monkeypatch.setattr(compile_module, "resolve_sampling_compile", lambda *a, **k: True)
+    padded = run("padded")
+    assert set(sizes) == {6} and len(sizes) == 3 * 3  # 7 samples: batches of 3, 3 and 1 + 2 repeats, guided (x2)
+    assert np.array_equal(padded[1], eager[1]) and np.array_equal(padded[0], eager[0])
+
+
+def test_sampling_compiles_by_default_only_large_cuda_jobs():
+    from lamamba.models.compile import SAMPLING_COMPILE_MIN_EVALUATIONS as least, resolve_sampling_compile
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    try:
+        import triton  # noqa: F401
+        triton_present = True
+    except ImportError:
+        triton_present = False
+    assert resolve_sampling_compile(None, cuda, least) is triton_present
+    assert resolve_sampling_compile(None, cuda, least - 1) is False
+    assert resolve_sampling_compile(None, cpu, 10 * least) is False
+    assert resolve_sampling_compile(True, cpu, 1) is True and resolve_sampling_compile(False, cuda, 10 * least) is False
