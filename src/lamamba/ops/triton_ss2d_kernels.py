@@ -33,8 +33,8 @@ states. With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
     d B_t     = sum_channels g_t delta_t x_t               d C_t = sum_channels dy_t h_t
     d A       = sum_t g_t (h_t - b_t) delta_t              d D   = sum_t dy_t x_t
 
-Sums over time are kept in registers (whole tiles, reduced over rows once at the end) and written once per
-program; sums over channels are reduced in the block and written per channel block (no atomics, so results are
+Sums over time are reduced over each tile's rows as the tile is done (running (BLOCK_T, BLOCK_D) sums would hold
+48 more registers per thread, at one warp per program) and written once per program; sums over channels are reduced in the block and written per channel block (no atomics, so results are
 deterministic); the host adds the partials.
 """
 from __future__ import annotations
@@ -184,9 +184,9 @@ def ss2d_bwd_kernel(
             G = tl.load(carry_ptr + carry_half + chunk_base + c * d * N, mask=dn_mask, other=0.0)
             g = P * g + G
     P_acc = tl.full([BLOCK_D, BLOCK_N], 1.0, ACC)
-    dA = tl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], ACC)   # sums over time, reduced over the tile rows at the end
-    dD = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-    dbias = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+    dA = tl.zeros([BLOCK_D, BLOCK_N], ACC)            # sums over time, each tile's rows reduced as it is done
+    dD = tl.zeros([BLOCK_D], ACC)
+    dbias = tl.zeros([BLOCK_D], ACC)
     x_base = x_ptr + b * sx_b + ch[None, :]
     dt_base = b * sd_b + k * sd_k + ch[None, :]
     B_base = b * sB_b + k * sB_k + ns[None, :] * sB_n
@@ -217,7 +217,8 @@ def ss2d_bwd_kernel(
             # -- the tile's states, recomputed from the checkpoint ------------------------------------
             x = tl.load(x_base + p[:, None] * sx_l, mask=m2, other=0.0).to(ACC)
             v = tl.load(dt_ptr + dt_base + p[:, None] * sd_l, mask=m2, other=0.0).to(ACC) + bias[None, :]
-            dt = tl.where(m2, tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v), 0.0)
+            e = tl.exp(tl.minimum(v, 20.0))                               # softplus and its derivative share it
+            dt = tl.where(m2, tl.where(v <= 20.0, tl.log(1.0 + e), v), 0.0)
             Bt = tl.load(B_ptr + B_base + p[:, None] * sB_l, mask=mn, other=0.0).to(ACC)
             h0 = tl.load(ckpt_base + tile * d * N, mask=dn_mask & (dn_off * 0 + tile < n_tiles), other=0.0)
             bt = (dt * x)[:, :, None] * Bt[:, None, :]
@@ -226,12 +227,12 @@ def ss2d_bwd_kernel(
             # -- gradients ----------------------------------------------------------------------------
             ah = hs - bt                                                  # a_t h_{t-1}
             ddt = tl.sum(gs * (ah * A[None, :, :] + x[:, :, None] * Bt[:, None, :]), 2)
-            ddt = tl.where(m2 & (v <= 20.0), ddt * tl.sigmoid(v), ddt)   # softplus'
+            ddt = tl.where(m2 & (v <= 20.0), ddt * (e / (1.0 + e)), ddt)   # softplus' = sigmoid
             ddt = tl.where(m2, ddt, 0.0)
             dx = tl.sum(gs * Bt[:, None, :], 2) * dt + Dv[None, :] * dy
-            dA += gs * ah * dt[:, :, None]
-            dD += dy * x
-            dbias += ddt
+            dA += tl.sum(gs * ah * dt[:, :, None], 0)
+            dD += tl.sum(dy * x, 0)
+            dbias += tl.sum(ddt, 0)
             tl.store(ddt_ptr + dt_base + p[:, None] * sd_l, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
             tl.store(dx_ptr + b * sg_b + k * sg_k + ch[None, :] + p[:, None] * sg_l,
                      dx.to(dx_ptr.dtype.element_ty), mask=m2)
@@ -244,6 +245,6 @@ def ss2d_bwd_kernel(
         tl.store(carry_ptr + carry_half + chunk_base + chunk * d * N, g, mask=dn_mask)
     else:
         part = (b * n_chunks + chunk) * 4 * d + par
-        tl.store(dA_ptr + part[:, None] * N + ns[None, :], tl.sum(dA, 0), mask=dn_mask)
-        tl.store(dD_ptr + part, tl.sum(dD, 0), mask=c_mask)
-        tl.store(dbias_ptr + part, tl.sum(dbias, 0), mask=c_mask)
+        tl.store(dA_ptr + part[:, None] * N + ns[None, :], dA, mask=dn_mask)
+        tl.store(dD_ptr + part, dD, mask=c_mask)
+        tl.store(dbias_ptr + part, dbias, mask=c_mask)
