@@ -3,7 +3,7 @@
 # scan's launch settings at LaMamba-Diff-S's shapes, in one call on nvidia-h200-x2 (~9 min). Carry .carry/base8
 # (git archive a68fefe src: the tree before the kernel changes). Output in $OUT.
 #   GPU 0: the GPU tests of the kernels; benchmarks/scan_launch_sweep.py (kernel GPU time in CUDA graphs) for the new
-#          tree under six launches and the base tree under its default; then LaMamba-Diff-XL and DiT-XL/2 (256 px,
+#          tree under six launches and the base tree under its default; then LaMamba-Diff-XL (256 px,
 #          batch 64) compiled with CUDA graphs, as time allows.
 #   GPU 1: lamamba bench, LaMamba-Diff-S at 32 px batch 128 compiled with CUDA graphs, new / base / new, then DiT-S/2.
 set -uo pipefail
@@ -25,7 +25,7 @@ bench() {  # TREE NAME ARGS...: lamamba bench from src/ (new) or .carry/base8/sr
   echo "== base tree" >> "$OUT/sweep.txt"
   PYTHONPATH=.carry/base8/src timeout "$(left)" python3 benchmarks/scan_launch_sweep.py --variants "" \
     >> "$OUT/sweep.txt" 2>&1
-  bench new XL --model LaMamba-Diff-XL --model DiT-XL/2 --image-size 256 --batch-size 64 ) &
+  bench new XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64 ) &
 ( export CUDA_VISIBLE_DEVICES=1 LAMAMBA_CACHE_DIR=/tmp/cache1
   for tree in new base new; do bench $tree S --preset fashion-mnist --model LaMamba-Diff-S; done
   bench new DiT-S --preset fashion-mnist --model DiT-S/2 ) &
