@@ -1,6 +1,9 @@
 """GPU time of the SS2D scan kernels alone at the shapes of LaMamba-Diff-S (32 px, batch 128) and XL stage 1
 (256 px, batch 64) under several launch configurations, each checked against the default's gradients.
 
+Session 8's call ran it with the S shapes of a patch-2 model by mistake (16x16, 8x8 and 4x4 maps; the rows in
+docs/PERFORMANCE.md say so); the XL row was right.
+
 ``bench_scan.py`` times whole autograd calls with CUDA events, which at LaMamba-Diff-S's small shapes measures the
 host (launching, autograd, the host-side sums), not the kernels. Here the forward op (saving states) and the backward
 op run inside a captured CUDA graph (``triton.testing.do_bench_cudagraph``): what a compiled step with CUDA graphs
@@ -20,10 +23,11 @@ from bench_scan import K, ss2d_problem
 
 from lamamba.ops import triton_ss2d
 
-SHAPES = {  # name: (batch, side, d_inner) of one SS2D call
-    "S stage 1 (16x16, d 192)": (128, 16, 192),
-    "S stage 2 (8x8, d 384)": (128, 8, 384),
-    "S stage 3 (4x4, d 768)": (128, 4, 768),
+SHAPES = {  # name: (batch, side, d_inner) of one SS2D call; LaMamba-Diff-S at 32 px has patch size 1 (5, 5 and 6
+    # calls per forward at its three stages), LaMamba-Diff-XL at 256 px works on 32x32 latents with patch size 1
+    "S stage 1 (32x32, d 192)": (128, 32, 192),
+    "S stage 2 (16x16, d 384)": (128, 16, 384),
+    "S stage 3 (8x8, d 768)": (128, 8, 768),
     "XL stage 1 (32x32, d 640)": (64, 32, 640),
 }
 VARIANTS = ["", "max_block_d=16", "max_block_d=8", "bwd_num_warps=2,max_block_d=64", "block_t=8",
