@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 11: the evidence still missing before `lamamba sample` compiles by default, in one call on nvidia-h200-x2
-# (~5 min). Session 7 ran the first version of this script (docs/PERFORMANCE.md): XL eager base/new (process noise,
-# no regression), XL with CUDA graphs (1.35x training, same memory: now on by default) and compiled sampling with
-# CUDA graphs (failed under regional compilation; fixed by compiling the whole forward, not yet run on a GPU).
+# Issue 11: the evidence before `lamamba sample` compiled by default, in one call on nvidia-h200-x2 (~9 min).
+# Session 7 ran its first version (XL eager base/new, XL with CUDA graphs, compiled sampling that failed under
+# regional compilation), session 8 this one (docs/PERFORMANCE.md; its S profile failed on a plain torch.compile,
+# since fixed in profile_step.py, and its scan rows bench whole autograd calls: scan_launch_sweep.py times kernels).
 # Carry .carry/fashion-mnist. Everything lands in $OUT/log.txt.
 #   GPU 0: the GPU tests (the kernel-route model test, the fused kernels, the compiled-sampling test against eager),
 #          profiles of the compiled LaMamba-Diff-S and DiT-S/2 steps, the scan at S's shapes under five launches.

@@ -34,8 +34,9 @@ states. With ``a_t h_{t-1} = h_t - b_t`` no shifted state is needed:
     d A       = sum_t g_t (h_t - b_t) delta_t              d D   = sum_t dy_t x_t
 
 Sums over time are reduced over each tile's rows as the tile is done (running (BLOCK_T, BLOCK_D) sums would hold
-48 more registers per thread, at one warp per program) and written once per program; sums over channels are reduced in the block and written per channel block (no atomics, so results are
-deterministic); the host adds the partials.
+48 more registers per thread, at one warp per program) and written once per program; sums over channels are
+reduced in the block and written per channel block (no atomics, so results are deterministic); the host adds the
+partials.
 """
 from __future__ import annotations
 
