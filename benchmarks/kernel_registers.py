@@ -1,0 +1,117 @@
+"""Registers, spills and shared memory per thread of the Triton kernels, compiled for an H100/H200 (sm_90) on any
+machine, GPU or not: Triton compiles ahead of time for a named target and its wheel ships ``cuobjdump``.
+
+Why it matters: the SS2D scan runs one warp per program, so a kernel at the 255-register limit leaves room for 8
+warps per SM (65,536 registers / (255 x 32)), one eighth of the 64 an SM can hold; such a kernel is bound by memory
+latency, not by bandwidth or arithmetic (session 8's compiled profiles: the scan backward at ~10-20x from every
+throughput bound). Fewer registers per thread let more programs share an SM.
+
+    python benchmarks/kernel_registers.py                  # the backward/forward scan and AdaLN launches we use
+    python benchmarks/kernel_registers.py --src .carry/base8/src   # another tree's kernels (imported from there)
+
+Triton here may be newer than on the GPU machine (3.9 vs 3.6): counts can differ by a few registers.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+# name: (module, kernel, constexprs, num_warps, num_stages, fp32 pointer arguments, integer arguments): the launches
+# of ops/triton_ss2d.py (bf16 activations, fp32 states and parameters) and ops/triton_adaln.py at LaMamba-Diff-S's
+# first stage (32 px, batch 128: 32x32 maps, d_inner 192, delta direction-major, dy shared by the directions). The
+# integers matter: at run time Triton specialises integers equal to 1 as constants and marks those divisible by 16
+# (which lets it vectorise loads); pointers count as 16-byte aligned, as PyTorch allocates them.
+_SS2D_FP32 = ("A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "carry_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
+              "dbias_ptr")
+_L, _d = 32 * 32, 192
+_SS2D_INTS = dict(H=32, W=32, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64,
+                  sx_b=_L * _d, sx_l=_d, sd_b=4 * _L * _d, sd_l=_d, sd_k=_L * _d, sB_b=_L * 4 * 8, sB_l=32, sB_k=8,
+                  sB_n=1, sy_b=_L * _d, sy_l=_d, sy_k=0, sg_b=_L * 4 * _d, sg_l=4 * _d, sg_k=_d)
+_SS2D = dict(ACC="fp32", BLOCK_T=16, BLOCK_N=1)
+_ADALN_FP32 = ("mean_ptr", "rstd_ptr", "part_ptr", "w_ptr", "b_ptr", "xo_ptr", "x_ptr", "dx_ptr", "dxo_ptr")
+_ADALN_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=32, TILES=1)
+CASES = {
+    "ss2d backward, 32 channels, 1 warp (default)": (
+        "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=32, STAGES=1), 1, 1,
+        _SS2D_FP32, _SS2D_INTS),
+    "ss2d backward, 16 channels, 1 warp": (
+        "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=16, STAGES=1), 1, 1,
+        _SS2D_FP32, _SS2D_INTS),
+    "ss2d forward, 32 channels, 1 warp (default)": (
+        "triton_ss2d_kernels", "ss2d_fwd_kernel", dict(_SS2D, STATE_ONLY=False, STORE_CKPT=True, BLOCK_D=32, STAGES=2),
+        1, 2, _SS2D_FP32, {k: v for k, v in _SS2D_INTS.items() if not k.startswith("sg")}),
+    "adaln backward, D 96 (tile 32 x 128), 8 warps": (
+        "triton_adaln_kernels", "adaln_bwd_kernel", dict(HAS_RESIDUAL=True, HAS_DXO=True, BLOCK_R=32, BLOCK_D=128,
+                                                         ACC="fp32"), 8, 3, _ADALN_FP32, _ADALN_INTS),
+    "adaln forward, D 96 (tile 32 x 128), 8 warps": (
+        "triton_adaln_kernels", "adaln_fwd_kernel", dict(HAS_RESIDUAL=True, BLOCK_R=32, BLOCK_D=128, ACC="fp32"),
+        8, 3, _ADALN_FP32, {k: v for k, v in _ADALN_INTS.items() if k != "n_pb"}),
+}
+
+
+def resource_usage(kernel, constexprs: dict, num_warps: int, num_stages: int, fp32: tuple[str, ...],
+                   ints: dict[str, int]) -> str:
+    import triton
+    import triton.backends.nvidia as nvidia
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    constexprs = {k: tl.float32 if v == "fp32" else v for k, v in constexprs.items()}
+    constexprs.update({k: 1 for k, v in ints.items() if v == 1})        # Triton's specialisation of 1
+    signature, attrs = {}, {}
+    for i, name in enumerate(params):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in fp32 else "*bf16"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name == "eps":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(params.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+        out = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if "REG:" in line)
+    fields = dict(item.split(":") for item in line.split() if ":" in item)
+    regs = int(fields["REG"])
+    warps_per_sm = min(64, 65536 // (regs * 32 * num_warps) * num_warps)
+    return (f"{regs:>4} registers, stack {fields['STACK']:>3} B (spills), shared {fields['SHARED']:>5} B "
+            f"-> at most {warps_per_sm} warps per SM")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", default=None, help="import lamamba from this src directory instead")
+    args = ap.parse_args()
+    if args.src:
+        sys.path.insert(0, args.src)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    warnings.filterwarnings("ignore")
+    import triton
+    print(f"Triton {triton.__version__}, target sm_90, lamamba from "
+          f"{os.path.dirname(importlib.import_module('lamamba').__file__)}")
+    for name, (module, kernel, constexprs, warps, stages, fp32, ints) in CASES.items():
+        fn = getattr(importlib.import_module(f"lamamba.ops.{module}"), kernel)
+        print(f"{name:<48} {resource_usage(fn, constexprs, warps, stages, fp32, ints)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
