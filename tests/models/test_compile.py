@@ -155,3 +155,26 @@ def test_cuda_graphs_default_rule():
     for off in (dict(compiled=False), dict(device=cpu)):
         with pytest.raises(ValueError, match="--cuda-graphs needs a compiled model on a CUDA device"):
             resolve_cuda_graphs(True, **{**auto, **off})
+
+
+def test_plain_torch_compile_does_not_build_window_tables():
+    """The attention windows' index and masks are buffers of the model: a plain ``torch.compile(model)`` called
+    before any eager forward (cold caches) reads them instead of tracing their construction (which it used to run on
+    the host in every step; on an H200 Inductor's C++ backend even failed on it). The reference (CPU) scan route's
+    path tensors are ``compile_model``'s warm-up's business; the Triton route has none."""
+    targets: list[str] = []
+
+    def capture(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    window_attention._cache.clear()
+    model = tiny().train()
+    assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in model.state_dict())  # not saved
+    out = torch.compile(model, backend=capture, fullgraph=True)(*inputs())
+    assert out.shape == (2, 2, 16, 16)
+    found = [t for t in targets if any(f"{op} " in t or t.endswith(f".{op}") or f"function {op}" in t
+                                       for op in ("meshgrid", "zeros", "eq"))]
+    assert not found, found
+    torch._dynamo.reset()

@@ -132,3 +132,19 @@ def test_qk_norm_bounds_logits_of_large_inputs():
     assert torch.isfinite(big).all()
     # the attention pattern is scale-free; only the values (v) scale: out(100x) - proj.bias = 100 (out(x) - bias)
     torch.testing.assert_close(big - attn.proj.bias, 100 * (small - attn.proj.bias), rtol=1e-2, atol=1e-2)  # LN eps
+
+
+@pytest.mark.parametrize("side,window,shift", [(8, 4, 2), (6, 4, 2), (4, 8, 0)])  # shifted, padded, one window
+def test_module_tables_equal_the_cached_ones(side, window, shift):
+    """A ``WindowAttention`` that knows its map side keeps the index and mask as buffers (moved with the module,
+    never saved); its output is the functional op's, which takes them from the cache."""
+    from lamamba.models.lamamba import WindowAttention
+    from lamamba.ops.window_attention import window_attention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(16, 2, window, shift, side=side).double()
+    assert attn.relative_position_index.dtype == torch.long and "relative_position_index" not in attn.state_dict()
+    x = torch.randn(2, side, side, 16, dtype=torch.float64)
+    ref = window_attention(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias,
+                           attn.relative_position_bias_table, 2, window, shift)
+    torch.testing.assert_close(attn(x), ref, rtol=0, atol=0)

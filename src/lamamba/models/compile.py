@@ -164,8 +164,9 @@ def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:
 
 
 def _prepare(model: nn.Module) -> None:
-    """One eager forward at batch size 1 without gradients (it builds and caches LaMamba-Diff's index tensors,
-    which compiled graphs then take as constants), and the persistent Inductor cache."""
+    """One eager forward at batch size 1 without gradients (it builds and caches the reference scan's path
+    tensors, which compiled graphs then take as constants; the window tables are the model's buffers), and the
+    persistent Inductor cache."""
     cfg = model.config
     device = next(model.parameters()).device
     x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
@@ -182,9 +183,10 @@ def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str 
                   cuda_graphs: bool = False, **compile_kwargs: Any) -> nn.Module:
     """Compile ``model`` (``scope`` "regional" or "full", see the module docstring); returns what to call.
 
-    First runs one eager forward of ``model`` at batch size 1 without gradients: it builds LaMamba-Diff's index
-    tensors (scan paths, relative-position index, shifted-window masks), cached per size and device, so that
-    compiled graphs take them as constants instead of tracing their construction on the host. ``net`` is what
+    First runs one eager forward of ``model`` at batch size 1 without gradients: it builds the scan paths of the
+    reference (CPU) scan route, cached per size and device, so that compiled graphs take them as constants instead
+    of tracing their construction on the host (the Triton route needs none; the attention windows' index and
+    masks are buffers of the model, so a plain ``torch.compile(model)`` on CUDA is as clean). ``net`` is what
     to call when it wraps ``model`` (e.g. DistributedDataParallel): regional compilation returns it unchanged
     (its blocks are compiled in place), full compilation compiles it. ``compile_kwargs`` go to
     ``torch.compile`` (e.g. ``backend``, ``fullgraph``).

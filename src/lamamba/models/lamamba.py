@@ -23,7 +23,7 @@ from lamamba.ops.gated_norm import gated_norm
 from lamamba.ops.ss2d_scan import ss2d_scan_directions
 from lamamba.ops.fused_adaln import add_norm_modulate
 from lamamba.ops.recompute import recompute_in_backward
-from lamamba.ops.window_attention import window_attention
+from lamamba.ops.window_attention import attention_tables, window_attention
 
 
 @dataclass
@@ -204,10 +204,16 @@ class SS2D(nn.Module):
 class WindowAttention(nn.Module):
     """Swin (shifted-)window multi-head self-attention with a relative position bias (paper section 4.1)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, qk_norm: bool = False):
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, qk_norm: bool = False,
+                 side: int | None = None):
         super().__init__()
-        self.num_heads, self.window_size, self.shift = num_heads, window_size, shift
+        self.num_heads, self.window_size, self.shift, self.side = num_heads, window_size, shift, side
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        # the index and mask of a side x side map, as buffers (not saved): compiled graphs read them like weights
+        device = self.relative_position_bias_table.device                       # meta under torch.device("meta")
+        index, mask = attention_tables(side, side, window_size, shift, device) if side else (None, None)
+        self.register_buffer("relative_position_index", index, persistent=False)
+        self.register_buffer("attn_mask", mask, persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         # optional: queries and keys layer-normalised per head (bounded logits; Dehghani et al. 2023)
@@ -219,9 +225,11 @@ class WindowAttention(nn.Module):
         qk_norm = None
         if self.q_norm is not None:
             qk_norm = (self.q_norm.weight, self.q_norm.bias, self.k_norm.weight, self.k_norm.bias)
+        own = self.relative_position_index is not None and x.shape[1] == x.shape[2] == self.side
         return window_attention(x, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
                                 self.relative_position_bias_table, self.num_heads, self.window_size,
-                                self.shift, qk_norm=qk_norm)
+                                self.shift, qk_norm=qk_norm,
+                                tables=(self.relative_position_index, self.attn_mask) if own else None)
 
 
 #################################################################################
@@ -238,7 +246,7 @@ class LaMambaBlock(nn.Module):
 
     def __init__(self, dim: int, cond_dim: int, num_heads: int, window_size: int, shift: int,
                  attention: bool, d_state: int, ssm_ratio: float, mlp_ratio: float, project_condition: bool,
-                 qk_norm: bool = False):
+                 qk_norm: bool = False, side: int | None = None):
         super().__init__()
         self.condition_projection = nn.Linear(cond_dim, dim) if project_condition else nn.Identity()
         self.norm = nn.LayerNorm(dim)
@@ -246,7 +254,7 @@ class LaMambaBlock(nn.Module):
         self.has_attention = attention
         if attention:
             self.norm_swin = nn.LayerNorm(dim)
-            self.attn = WindowAttention(dim, num_heads, window_size, shift, qk_norm)
+            self.attn = WindowAttention(dim, num_heads, window_size, shift, qk_norm, side)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.num_mod = 9 if attention else 6
@@ -315,13 +323,13 @@ class PatchExpanding2D(nn.Module):
 class Stage(nn.Module):
     """A sequence of LaMamba blocks at one resolution; odd blocks use the shifted windows."""
 
-    def __init__(self, depth: int, dim: int, cfg: LaMambaConfig, decoder: bool, window_size: int):
+    def __init__(self, depth: int, dim: int, cfg: LaMambaConfig, decoder: bool, window_size: int, side: int):
         super().__init__()
         shift = window_size // 2 if cfg.shift and cfg.attention == "window" else 0
         self.blocks = nn.ModuleList([
             LaMambaBlock(dim, cfg.cond_dim, cfg.num_heads, window_size, shift if i % 2 else 0,
                          cfg.attention != "none", cfg.d_state, cfg.ssm_ratio, cfg.mlp_ratio,
-                         project_condition=decoder or dim != cfg.cond_dim, qk_norm=cfg.qk_norm)
+                         project_condition=decoder or dim != cfg.cond_dim, qk_norm=cfg.qk_norm, side=side)
             for i in range(depth)])
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -373,7 +381,8 @@ class LaMambaDiff(ClassifierFreeGuidanceMixin, nn.Module):
 
         if cfg.layout == "isotropic":
             win = self._window(self.grid)
-            self.layers = nn.ModuleList([Stage(cfg.isotropic_depth, D0, cfg, decoder=False, window_size=win)])
+            self.layers = nn.ModuleList([Stage(cfg.isotropic_depth, D0, cfg, decoder=False, window_size=win,
+                                               side=self.grid)])
             self.dims = [D0]
         else:
             self._build_unet(cfg)
@@ -398,16 +407,16 @@ class LaMambaDiff(ClassifierFreeGuidanceMixin, nn.Module):
         sides = [self.grid // 2 ** min(i, cfg.num_downsamples) for i in range(n)]
         dec_depths = cfg.resolved_decoder_depths()
         self.dims, self.sides = dims, sides
-        self.layers = nn.ModuleList([Stage(cfg.depths[i], dims[i], cfg, False, self._window(sides[i]))
+        self.layers = nn.ModuleList([Stage(cfg.depths[i], dims[i], cfg, False, self._window(sides[i]), sides[i])
                                      for i in range(n)])
         self.downsamples = nn.ModuleList([PatchMerging2D(dims[i], dims[i + 1]) if i < cfg.num_downsamples
                                           else nn.Identity() for i in range(n)])
-        self.mid_layer = Stage(cfg.bottleneck_depth, dims[-1], cfg, False, self._window(sides[-1]))
+        self.mid_layer = Stage(cfg.bottleneck_depth, dims[-1], cfg, False, self._window(sides[-1]), sides[-1])
         # decoder stage j works at encoder stage i = n-1-j; it upsamples first where encoder stage i merged
         self.upsamples = nn.ModuleList([PatchExpanding2D(dims[i + 1]) if i < cfg.num_downsamples
                                         else nn.Identity() for i in reversed(range(n))])
         self.layers_up = nn.ModuleList([Stage(dec_depths[j], dims[n - 1 - j], cfg, True,
-                                              self._window(sides[n - 1 - j])) for j in range(n)])
+                                              self._window(sides[n - 1 - j]), sides[n - 1 - j]) for j in range(n)])
         self.skip_fuse = nn.ModuleList([ConcatSkip(dims[n - 1 - j]) if cfg.skip == "concat" else nn.Identity()
                                         for j in range(n)])
 

@@ -2,6 +2,8 @@
 
 The layout helpers here are pure functions of the map size; the mask and the relative-position index
 depend only on sizes, so they are built once per size and device and cached (no per-forward host work).
+A module that knows its map size keeps them as buffers (``attention_tables``; ``LaMambaDiff`` does): a compiled
+graph then reads them like weights and never traces their construction, however the model was compiled.
 
 Window geometry (``window_geometry``): each axis uses window ``min(window, side)``; an axis whose side is
 not larger than the window is a single whole-axis window and is never shifted (the released code's rule
@@ -64,6 +66,15 @@ def shifted_window_mask(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int,
     return _cache[key]
 
 
+def attention_tables(H: int, W: int, window: int, shift: int,
+                     device: torch.device | str = "cpu") -> tuple[Tensor, Tensor | None]:
+    """(relative-position index, shifted-window mask or None) that ``window_attention`` uses on an H x W map."""
+    wh, ww, sh, sw = window_geometry(H, W, window, shift)
+    Hp, Wp = H + (-H) % wh, W + (-W) % ww
+    return (relative_position_index(wh, ww, window, device),
+            shifted_window_mask(Hp, Wp, wh, ww, sh, sw, device))
+
+
 def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
     """(B, H, W, C) -> (B * nW, wh*ww, C); windows row-major over the grid, tokens row-major inside."""
     B, H, W, C = x.shape
@@ -80,11 +91,13 @@ def window_reverse(windows: Tensor, wh: int, ww: int, H: int, W: int) -> Tensor:
 
 def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, proj_weight: Tensor,
                      proj_bias: Tensor | None, bias_table: Tensor, num_heads: int, window: int,
-                     shift: int, qk_norm: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                     shift: int, qk_norm: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+                     tables: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
     """Shifted-window attention with relative position bias on a (B, H, W, C) map.
 
     ``qk_norm`` = (q weight, q bias, k weight, k bias): layer-normalise queries and keys per head over
     ``head_dim`` before the dot product (opt-in ``LaMambaConfig.qk_norm``; not in the released model).
+    ``tables``: ``attention_tables(H, W, window, shift)`` kept by the caller (else taken from the cache).
 
     ``bias_table``: ((2*window-1)**2, heads). Attention logits are ``q k^T / sqrt(head_dim) + bias``,
     with logits between tokens of different shifted regions removed (Swin adds -100; we mask them out
@@ -106,9 +119,8 @@ def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, pro
     if qk_norm is not None:
         q = F.layer_norm(q, (hd,), qk_norm[0], qk_norm[1])
         k = F.layer_norm(k, (hd,), qk_norm[2], qk_norm[3])
-    index = relative_position_index(wh, ww, window, x.device)
+    index, mask = tables if tables is not None else attention_tables(H, W, window, shift, x.device)
     bias = bias_table[index.view(-1)].view(N, N, num_heads).permute(2, 0, 1).to(q.dtype)  # (h, N, N)
-    mask = shifted_window_mask(Hp, Wp, wh, ww, sh, sw, x.device)
     if mask is None:
         bias = bias.expand(n_win, -1, -1, -1)
     else:
