@@ -42,10 +42,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=VARIANTS, help="SS2DLaunchConfig overrides, FIELD=INT,...")
     ap.add_argument("--rep", type=int, default=100, help="milliseconds of replays per measurement")
+    ap.add_argument("--only", default="", help="only the shapes whose name contains this (e.g. 'S stage 1')")
     args = ap.parse_args()
     default = triton_ss2d.SS2D_LAUNCH
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, default launch {default}")
     for name, (batch, side, d) in SHAPES.items():
+        if args.only not in name:
+            continue
         p = ss2d_problem(batch, side, d, 1, torch.bfloat16, torch.device("cuda"))
         args_fwd = (p["x"], p["delta"], p["A"], p["B"], p["C"], p["D"], p["delta_bias"], side, side)
         dys = torch.randn(batch, side * side, K, d, device="cuda", dtype=torch.bfloat16)
