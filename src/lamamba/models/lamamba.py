@@ -212,8 +212,9 @@ class WindowAttention(nn.Module):
         # the index and mask of a side x side map, as buffers (not saved): compiled graphs read them like weights
         device = self.relative_position_bias_table.device                       # meta under torch.device("meta")
         index, mask = attention_tables(side, side, window_size, shift, device) if side else (None, None)
-        self.register_buffer("relative_position_index", index, persistent=False)
-        self.register_buffer("attn_mask", mask, persistent=False)
+        # copies: the module's buffers must not alias the shared cache's tensors
+        self.register_buffer("relative_position_index", None if index is None else index.clone(), persistent=False)
+        self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         # optional: queries and keys layer-normalised per head (bounded logits; Dehghani et al. 2023)
