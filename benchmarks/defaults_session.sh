@@ -11,7 +11,7 @@
 #          network outputs) and unguided.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-source "$(dirname "$0")/experiment_variants.sh"   # left()
+source "$(dirname "$0")/experiment_variants.sh"   # left(), short_s_run, sample_s
 export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
@@ -28,25 +28,11 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee
       timeout "$(left)" python3 benchmarks/bench_scan.py --shapes 128x$1 --vae-factor 1 --d $2 $launch 2>&1 \
         | grep -v "^ *px" | sed "s/^/[$launch] /"; done; done > /tmp/scan-s.txt ) &
 ( export LAMAMBA_CACHE_DIR=/tmp/cache CUDA_VISIBLE_DEVICES=1
-  timeout "$(left)" python3 -m lamamba.cli train --preset paper --data fashion-mnist --image-size 32 \
-    --model LaMamba-Diff-S --global-batch-size 128 --max-steps 300 --ckpt-every 300 --sample-every 300 \
-    --sample-num 0 --ema-decay 0.99 --run-dir /tmp/s-run --no-compile --no-tensorboard > /tmp/s-train.log 2>&1
+  short_s_run
   for cfg in 1 1.5; do for mode in eager compiled; do
-    flags=$([ $mode = compiled ] && echo "--compile --cuda-graphs" || echo "--no-compile"); t0=$SECONDS
-    timeout "$(left)" python3 -m lamamba.cli sample /tmp/s-run --num-samples 1000 --batch-size 500 --sampler dpm++2m \
-      --steps 20 --cfg-scale $cfg --precision bf16 --npz --no-progress --out "/tmp/s-$mode-$cfg" $flags \
-      > "/tmp/s-$mode-$cfg.log" 2>&1
-    echo "sample $mode, guidance $cfg: rc $?, $((SECONDS - t0)) s wall for 1,000 samples (start-up and compilation" \
-      "included)" >> /tmp/s-times.txt
-  done; done
-  python3 - > /tmp/s-compare.txt 2>&1 <<'PY'
-import numpy as np
-for cfg in ("1", "1.5"):
-    a, b = (np.load(f"/tmp/s-{m}-{cfg}/samples.npz")["arr_0"].astype(int) for m in ("eager", "compiled"))
-    d = np.abs(a - b)
-    print(f"guidance {cfg}: compiled + CUDA graphs vs eager, 1,000 samples: max |pixel difference| {d.max()} of 255, "
-          f"mean {d.mean():.3f}, samples with any pixel off by > 8: {(d.reshape(len(d), -1).max(1) > 8).mean():.1%}")
-PY
+    sample_s "$mode-$cfg" $mode --cfg-scale $cfg --precision bf16; done; done
+  python3 benchmarks/compare_samples.py /tmp/s-compiled-1:/tmp/s-eager-1 /tmp/s-compiled-1.5:/tmp/s-eager-1.5 \
+    > /tmp/s-compare.txt 2>&1
   cat /tmp/s-times.txt >> /tmp/s-compare.txt; tail -2 /tmp/s-compiled-1.5.log >> /tmp/s-compare.txt ) &
 wait
 for f in gpu-tests scan-s s-compare; do
