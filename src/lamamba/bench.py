@@ -37,6 +37,7 @@ from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models.compile import SCOPES, cache_counts, compile_model, describe_cache
 from lamamba.models.registry import create_model, list_models
+from lamamba.training.optim import adamw
 
 DEFAULT_MODELS = ("LaMamba-Diff-XL", "DiT-XL/2")
 
@@ -104,7 +105,7 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
     side = model.config.input_size
     net = compile_model(model, scope=scope, cuda_graphs=cuda_graphs) if compile else model
     diffusion = create_diffusion()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=device.type == "cuda")
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=0)   # lamamba train's optimizer
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     x = torch.randn(batch_size, in_channels, side, side, device=device)
     t = torch.randint(0, 1000, (batch_size,), device=device)

@@ -52,6 +52,7 @@ from lamamba.training.ema import EMA
 from lamamba.training.grad_checkpoint import enable_gradient_checkpointing
 from lamamba.training.interrupt import Interrupted, StopSignals, signal_name
 from lamamba.training.logs import RunLogger
+from lamamba.training.optim import adamw
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged"]
 
@@ -74,17 +75,6 @@ class Callback:
     at_end: bool = True
 
 
-def _adamw(params, **kwargs: Any) -> torch.optim.AdamW:
-    """AdamW with the fused (single-kernel) update where this PyTorch has it for the device: on GPUs the
-    multi-tensor one was 12% of an XL step (PERFORMANCE.md); on a CPU the default per-tensor loop took 15 ms of
-    the digits demo's ~250 ms step, the fused one 2.5 ms (PyTorch >= 2.4; older ones fall back)."""
-    params = list(params)
-    try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
-        return torch.optim.AdamW(params, **kwargs)
-
-
 class Trainer:
     """Builds data, model, EMA, optimizer and diffusion from a :class:`TrainConfig`; ``fit()`` trains.
 
@@ -104,7 +94,7 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay, warmup=config.ema_warmup)
         if config.grad_checkpointing:
             enable_gradient_checkpointing(self.model)
-        self.optimizer = _adamw(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
+        self.optimizer = adamw(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
                                 weight_decay=config.weight_decay)
         self.precision = config.precision
         if self.precision == "auto":
