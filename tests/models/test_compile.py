@@ -1,5 +1,6 @@
 """The model compiles as one graph in every ablation layout that ``lamamba experiment`` trains (the scan and
-routing are opaque custom ops), and ``compile_model`` keeps the construction of index tensors out of it;
+routing are opaque custom ops), and ``compile_model`` (a plain ``torch.compile`` for the window tables) keeps the
+construction of index tensors out of it;
 regional compilation traces one graph per distinct block, not per block, and keeps the model's interface."""
 import copy
 
@@ -16,6 +17,7 @@ VARIANTS = [dict(), dict(attention="none"), dict(attention="global"), dict(shift
             dict(layout="isotropic", patch_size=2, isotropic_depth=2)]
 # host-side index construction (scan paths, relative index, window masks) that must not be in a compiled graph
 INDEX_OPS = ("flip", "argsort", "meshgrid", "zeros", "eq")
+WINDOW_TABLE_OPS = ("meshgrid", "zeros", "eq")  # the window tables' part of them
 
 
 def tiny(**overrides):
@@ -38,11 +40,7 @@ def test_forward_has_no_graph_breaks():
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "base")
 def test_compile_model_one_graph_without_index_construction(overrides):
     targets: list[str] = []
-
-    def capture(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm
-
+    capture = _target_backend(targets)
     torch._dynamo.reset()
     scan_paths._device_cache.clear()   # start cold: compile_model's warm-up must fill the caches
     window_attention._cache.clear()
@@ -52,10 +50,22 @@ def test_compile_model_one_graph_without_index_construction(overrides):
     x, t, y = inputs()
     out = net(x, t, y)
     assert out.shape == (2, 2, 16, 16)
-    found = [t for t in targets if any(f"{op} " in t or t.endswith(f".{op}") or f"function {op}" in t
-                                       for op in INDEX_OPS)]
+    found = _calls_of(targets, INDEX_OPS)
     assert not found, found
     torch._dynamo.reset()
+
+
+def _target_backend(targets: list[str]):
+    """A compile backend that records the target of every function call in the graphs it is given."""
+    def capture(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+    return capture
+
+
+def _calls_of(targets: list[str], ops: tuple[str, ...]) -> list[str]:
+    """The recorded call targets that are one of ``ops`` (``torch.flip``, ``<built-in method eq ...>``, ...)."""
+    return [t for t in targets if any(f"{op} " in t or t.endswith(f".{op}") or f"function {op}" in t for op in ops)]
 
 
 def _counting_backend(graphs: list):
@@ -163,18 +173,12 @@ def test_plain_torch_compile_does_not_build_window_tables():
     the host in every step; on an H200 Inductor's C++ backend even failed on it). The reference (CPU) scan route's
     path tensors are ``compile_model``'s warm-up's business; the Triton route has none."""
     targets: list[str] = []
-
-    def capture(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm
-
     torch._dynamo.reset()
     window_attention._cache.clear()
     model = tiny().train()
     assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in model.state_dict())  # not saved
-    out = torch.compile(model, backend=capture, fullgraph=True)(*inputs())
+    out = torch.compile(model, backend=_target_backend(targets), fullgraph=True)(*inputs())
     assert out.shape == (2, 2, 16, 16)
-    found = [t for t in targets if any(f"{op} " in t or t.endswith(f".{op}") or f"function {op}" in t
-                                       for op in ("meshgrid", "zeros", "eq"))]
+    found = _calls_of(targets, WINDOW_TABLE_OPS)
     assert not found, found
     torch._dynamo.reset()
