@@ -30,10 +30,10 @@ import warnings
 _SS2D_FP32 = ("A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "carry_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
               "dbias_ptr")
 _L, _d = 32 * 32, 192
-_SS2D_INTS = dict(H=32, W=32, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64,
+_SS2D_INTS = dict(L=_L, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64, s_ch=1,
                   sx_b=_L * _d, sx_l=_d, sd_b=4 * _L * _d, sd_l=_d, sd_k=_L * _d, sB_b=_L * 4 * 8, sB_l=32, sB_k=8,
                   sB_n=1, sy_b=_L * _d, sy_l=_d, sy_k=0, sg_b=_L * 4 * _d, sg_l=4 * _d, sg_k=_d)
-_SS2D = dict(ACC="fp32", BLOCK_T=16, BLOCK_N=1)
+_SS2D = dict(ACC="fp32", EVEN=True, FAST=True, BLOCK_T=16, BLOCK_N=1)
 _ADALN_FP32 = ("mean_ptr", "rstd_ptr", "part_ptr", "w_ptr", "b_ptr", "xo_ptr", "x_ptr", "dx_ptr", "dxo_ptr")
 _ADALN_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=32, TILES=1)
 CASES = {
@@ -64,12 +64,16 @@ def resource_usage(kernel, constexprs: dict, num_warps: int, num_stages: int, fp
     from triton.compiler import ASTSource
 
     params = list(inspect.signature(kernel.fn).parameters)
+    unspecialised = {params[p] if isinstance(p, int) else p for p in kernel.do_not_specialize}
     constexprs = {k: tl.float32 if v == "fp32" else v for k, v in constexprs.items()}
-    constexprs.update({k: 1 for k, v in ints.items() if v == 1})        # Triton's specialisation of 1
+    constexprs.update({k: 1 for k, v in ints.items() if v == 1 and k not in unspecialised})  # Triton's specialisation of 1
     signature, attrs = {}, {}
     for i, name in enumerate(params):
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name == "path_ptr":
+            signature[name] = "*i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in fp32 else "*bf16"
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -77,7 +81,7 @@ def resource_usage(kernel, constexprs: dict, num_warps: int, num_stages: int, fp
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if ints[name] % 16 == 0:
+            if ints[name] % 16 == 0 and name not in unspecialised:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(params.index(k),): v for k, v in constexprs.items()}, attrs=attrs)

@@ -10,7 +10,6 @@ import torch
 from triton_env import gpu, interpreter, rel_err, runnable, triton
 
 from lamamba.ops import triton_ss2d, triton_ss2d_kernels
-from lamamba.ops.scan_paths import scan_paths
 from lamamba.ops.ss2d_scan import ss2d_scan_directions, ss2d_scan_directions_reference, ss2d_selective_scan
 
 tl = triton.language
@@ -57,14 +56,6 @@ def check(inp, H, W, tol, grad_tol=None):
 # ------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _pixels_kernel(out_ptr, H, W, BLOCK: tl.constexpr):
-    k = tl.program_id(0)
-    s = tl.arange(0, BLOCK)
-    tl.store(out_ptr + k * H * W + s, triton_ss2d_kernels._pixel(tl.minimum(s, H * W - 1), k, H, W),
-             mask=s < H * W)
-
-
-@triton.jit
 def _reverse_scan_kernel(a_ptr, b_ptr, out_ptr, T: tl.constexpr):
     r = tl.arange(0, T)
     _, g = tl.associative_scan((tl.load(a_ptr + r), tl.load(b_ptr + r)), 0, triton_ss2d_kernels._compose,
@@ -74,14 +65,6 @@ def _reverse_scan_kernel(a_ptr, b_ptr, out_ptr, T: tl.constexpr):
 
 def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@runnable
-@pytest.mark.parametrize("H,W", [(4, 4), (5, 3), (2, 7), (1, 5), (6, 1)])
-def test_kernel_paths_are_the_scan_paths(H, W):
-    out = torch.empty(4, H * W, dtype=torch.int64, device=_device())
-    _pixels_kernel[(4,)](out, H, W, BLOCK=triton.next_power_of_2(H * W))
-    assert torch.equal(out.cpu(), scan_paths(H, W)[0])
 
 
 @runnable
@@ -103,9 +86,12 @@ def test_reverse_associative_scan_solves_the_reverse_recurrence():
 # ------------------------------------------------------------------------------------------------
 
 @interpreter
-@pytest.mark.parametrize("H,W,d,N", [(4, 4, 3, 1), (3, 5, 2, 3), (2, 3, 2, 16)])
-def test_float64_matches_reference(launch, H, W, d, N):
+@pytest.mark.parametrize("H,W,d,N,even", [(4, 4, 3, 1, False), (3, 5, 2, 3, False), (2, 3, 2, 16, False),
+                                          (4, 4, 4, 1, True), (2, 4, 2, 2, True)])
+def test_float64_matches_reference(launch, H, W, d, N, even):
+    """Partial tiles (masked loads) and full ones (``even``: unmasked), one and several state lanes per channel."""
     launch(block_t=4)                                      # several tiles per sequence
+    assert triton_ss2d._plan(2, H, W, d, N, torch.device("cpu")).even == even
     check(ss2d_inputs(2, H, W, d, N), H, W, tol=1e-10)
 
 
@@ -218,6 +204,13 @@ def test_gpu_model_shapes(dtype, batch, H, W, d, N):
 
 
 @gpu
+def test_gpu_precise_math(launch):
+    """``fast_math=0``: the precise exp and log (the default on GPUs is the approximate ones, tested above)."""
+    launch(fast_math=0)
+    check(_gpu_inputs(2, 16, 16, 128, 1, torch.float32), 16, 16, tol=1e-5)
+
+
+@gpu
 def test_gpu_compiles_without_graph_breaks():
     inp = _gpu_inputs(2, 16, 16, 128, 1, torch.float32)
     args = [inp[k].requires_grad_(True) for k in NAMES]
@@ -233,6 +226,11 @@ def test_launch_overrides_from_the_environment(monkeypatch):
     cfg = triton_ss2d.launch_config()
     assert (cfg.block_t, cfg.bwd_num_warps, cfg.max_block_d) == (8, 2, triton_ss2d.SS2D_LAUNCH.max_block_d)
     assert triton_ss2d._plan(1, 4, 4, 3, 1, torch.device("cpu")).block_t == 8
+    monkeypatch.setenv("LAMAMBA_SS2D_LAUNCH", "fast_math=0")
+    assert triton_ss2d.launch_config().fast_math == 0
+    monkeypatch.setenv("LAMAMBA_SS2D_LAUNCH", "block_t=0")
+    with pytest.raises(ValueError, match="FIELD=POSITIVE_INT"):
+        triton_ss2d.launch_config()
     monkeypatch.setenv("LAMAMBA_SS2D_LAUNCH", "block_size=8")
     with pytest.raises(ValueError, match="FIELD=POSITIVE_INT"):
         triton_ss2d.launch_config()

@@ -23,6 +23,7 @@ import triton
 from torch import Tensor
 
 from lamamba.ops import triton_ss2d_kernels as kernels
+from lamamba.ops.scan_paths import scan_paths
 from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, sm_count, tl_dtype,
                                        unit_channel_stride)
 
@@ -41,6 +42,7 @@ class SS2DLaunchConfig:
     bwd_num_stages: int = 1     # backward kernel
     programs_per_sm: int = 8    # split the length into chunks until the grid has this many programs per SM
     max_chunks: int = 64
+    fast_math: int = 1          # fp32 on a GPU: the hardware's approximate exp and log (ops/triton_ss2d_kernels.py)
 
 
 SS2D_LAUNCH = SS2DLaunchConfig()
@@ -57,11 +59,11 @@ def _with_overrides(base: SS2DLaunchConfig, spec: str) -> SS2DLaunchConfig:
     fields = {f.name for f in dataclasses.fields(SS2DLaunchConfig)}
     overrides = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, value = item.partition("=")
-        if name.strip() not in fields or not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"{LAUNCH_ENV}={spec!r}: each item must be FIELD=POSITIVE_INT with FIELD one of "
-                             f"{', '.join(sorted(fields))}")
-        overrides[name.strip()] = int(value)
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in fields or not value.isdigit() or int(value) < (0 if name == "fast_math" else 1):
+            raise ValueError(f"{LAUNCH_ENV}={spec!r}: each item must be FIELD=POSITIVE_INT (fast_math=0 or 1) "
+                             f"with FIELD one of {', '.join(sorted(fields))}")
+        overrides[name] = int(value)
     return dataclasses.replace(base, **overrides)
 
 
@@ -78,6 +80,7 @@ class _Plan:
     block_n: int
     chunk_tiles: int
     n_chunks: int
+    cuda: bool
 
     @property
     def n_tiles(self) -> int:
@@ -91,12 +94,20 @@ class _Plan:
     def grid(self) -> tuple[int, int]:
         return (K * self.n_dblocks * self.n_chunks, self.batch)
 
+    @property
+    def even(self) -> bool:
+        """Every tile full (no masks in the time loop)."""
+        return self.H * self.W % self.block_t == 0 and self.d % self.block_d == 0 and self.N == self.block_n
+
     def scalars(self) -> tuple:
-        return (self.H, self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles)
+        # s_ch = 1, the channel stride, is an argument Triton does not specialise: loads stay one channel per
+        # lane with each tile's time steps in one thread's registers (the tile scans need no shuffles)
+        return (self.H * self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles, 1)
 
     def meta(self, acc: torch.dtype, backward: bool) -> dict:
         cfg = launch_config()
-        return dict(ACC=tl_dtype(acc), BLOCK_T=self.block_t,
+        return dict(ACC=tl_dtype(acc), EVEN=self.even, FAST=bool(cfg.fast_math) and self.cuda and acc == torch.float32,
+                    BLOCK_T=self.block_t,
                     BLOCK_D=self.block_d, BLOCK_N=self.block_n,
                     STAGES=cfg.bwd_num_stages if backward else cfg.num_stages,
                     num_warps=cfg.bwd_num_warps if backward else cfg.num_warps)
@@ -115,7 +126,8 @@ def _plan(batch: int, H: int, W: int, d: int, N: int, device: torch.device) -> _
     programs = batch * K * triton.cdiv(d, block_d)
     want = triton.cdiv(cfg.programs_per_sm * sm_count(device), programs)
     chunk_tiles = triton.cdiv(n_tiles, max(1, min(want, cfg.max_chunks, n_tiles)))
-    return _Plan(batch, H, W, d, N, cfg.block_t, block_d, block_n, chunk_tiles, triton.cdiv(n_tiles, chunk_tiles))
+    return _Plan(batch, H, W, d, N, cfg.block_t, block_d, block_n, chunk_tiles, triton.cdiv(n_tiles, chunk_tiles),
+                 device.type == "cuda")
 
 
 def _strides(x: Tensor, delta: Tensor, B: Tensor) -> tuple:
@@ -129,11 +141,27 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 
 def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Tensor, ...], _Plan, torch.dtype]:
     """The inputs as the kernels read them (channels-last signals, B and C with equal strides, contiguous
-    parameters), the launch plan and the accumulation dtype; shared by the forward and backward ops."""
+    parameters, then the path table), the launch plan and the accumulation dtype; shared by the forward and
+    backward ops."""
     check_device(x.device, kernels.ss2d_fwd_kernel, "SS2D")
+    if H * W * K * max(x.shape[2], B.shape[-1]) >= 2 ** 31:
+        raise ValueError(f"SS2D scan: a {H}x{W} map with {x.shape[2]} channels is too large for the Triton kernels' "
+                         "32-bit offsets within one sample; use a smaller map or fewer channels")
     B, C = _bc(B, C)
-    inputs = (unit_channel_stride(x), unit_channel_stride(delta), A.contiguous(), B, C, D.contiguous(), delta_bias.contiguous())
+    inputs = (unit_channel_stride(x), unit_channel_stride(delta), A.contiguous(), B, C, D.contiguous(),
+              delta_bias.contiguous(), _path_table(H, W, x.device))
     return inputs, _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device), accumulation_dtype(x.dtype)
+
+
+def _path_table(H: int, W: int, device: torch.device) -> Tensor:
+    """(4, H*W) int32: the pixel each direction visits at each step (``lamamba.ops.scan_paths``), cached."""
+    key = (H, W, str(device))
+    if key not in _PATH_TABLES:
+        _PATH_TABLES[key] = scan_paths(H, W)[0].to(device=device, dtype=torch.int32)
+    return _PATH_TABLES[key]
+
+
+_PATH_TABLES: dict[tuple[int, int, str], Tensor] = {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,12 +172,12 @@ def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Te
 def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
          H: int, W: int, save_states: bool) -> tuple[Tensor, Tensor]:
     """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward."""
-    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
+    (x, delta, A, B, C, D, delta_bias, paths), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     ys = x.new_empty((x.shape[0], H * W, K, x.shape[2]))
     ckpt = x.new_empty((x.shape[0], K, plan.n_tiles, plan.d, plan.N) if save_states else (0,), dtype=acc)
     carry = plan.carry(x, acc)
     strides = (*_strides(x, delta, B), *ys.stride()[:3])
-    args = (x, delta, A, B, C, D, delta_bias, ys, ckpt, carry, *plan.scalars(), *strides)
+    args = (x, delta, A, B, C, D, delta_bias, paths, ys, ckpt, carry, *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=False)
     if plan.n_chunks > 1:
         kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=True, STORE_CKPT=False, **meta)
@@ -168,7 +196,7 @@ def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
 def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
-    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
+    (x, delta, A, B, C, D, delta_bias, paths), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     dys = unit_channel_stride(dys)
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
@@ -179,7 +207,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         x.new_empty(parts, dtype=acc)
     carry = plan.carry(x, acc)
     strides = (*_strides(x, delta, B), *dys.stride()[:3], *dxs.stride()[:3])
-    args = (dys, x, delta, A, B, C, D, delta_bias, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
+    args = (dys, x, delta, A, B, C, D, delta_bias, paths, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
             *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=True)
     if plan.n_chunks > 1:
