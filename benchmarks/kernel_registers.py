@@ -30,7 +30,7 @@ import warnings
 _SS2D_FP32 = ("A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "carry_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
               "dbias_ptr")
 _L, _d = 32 * 32, 192
-_SS2D_INTS = dict(L=_L, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64, s_ch=1,
+_SS2D_INTS = dict(H=32, W=32, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64,
                   sx_b=_L * _d, sx_l=_d, sd_b=4 * _L * _d, sd_l=_d, sd_k=_L * _d, sB_b=_L * 4 * 8, sB_l=32, sB_k=8,
                   sB_n=1, sy_b=_L * _d, sy_l=_d, sy_k=0, sg_b=_L * 4 * _d, sg_l=4 * _d, sg_k=_d)
 _SS2D = dict(ACC="fp32", EVEN=True, FAST=True, BLOCK_T=16, BLOCK_N=1)

@@ -10,6 +10,7 @@ import torch
 from triton_env import gpu, interpreter, rel_err, runnable, triton
 
 from lamamba.ops import triton_ss2d, triton_ss2d_kernels
+from lamamba.ops.scan_paths import scan_paths
 from lamamba.ops.ss2d_scan import ss2d_scan_directions, ss2d_scan_directions_reference, ss2d_selective_scan
 
 tl = triton.language
@@ -56,6 +57,20 @@ def check(inp, H, W, tol, grad_tol=None):
 # ------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _pixels_kernel(out_ptr, H, W, BLOCK: tl.constexpr):
+    k = tl.program_id(0)
+    s = tl.arange(0, BLOCK)
+    tl.store(out_ptr + k * H * W + s, triton_ss2d_kernels._pixel(tl.minimum(s, H * W - 1), k, H, W),
+             mask=s < H * W)
+
+
+@triton.jit
+def _div_kernel(out_ptr, n, S, BLOCK: tl.constexpr):
+    s = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + s, triton_ss2d_kernels._div(s, n), mask=s < S)
+
+
+@triton.jit
 def _reverse_scan_kernel(a_ptr, b_ptr, out_ptr, T: tl.constexpr):
     r = tl.arange(0, T)
     _, g = tl.associative_scan((tl.load(a_ptr + r), tl.load(b_ptr + r)), 0, triton_ss2d_kernels._compose,
@@ -65,6 +80,25 @@ def _reverse_scan_kernel(a_ptr, b_ptr, out_ptr, T: tl.constexpr):
 
 def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@runnable
+@pytest.mark.parametrize("H,W", [(4, 4), (5, 3), (2, 7), (1, 5), (6, 1)])
+def test_kernel_paths_are_the_scan_paths(H, W):
+    out = torch.empty(4, H * W, dtype=torch.int64, device=_device())
+    _pixels_kernel[(4,)](out, H, W, BLOCK=triton.next_power_of_2(H * W))
+    assert torch.equal(out.cpu(), scan_paths(H, W)[0])
+
+
+@runnable
+@pytest.mark.parametrize("n", [1, 3, 7, 31, 32, 33, 96, 127, 1447, 2047, 2 ** 21 - 1])
+def test_float_division_of_steps_is_exact(n):
+    """The paths' ``s // n`` in float arithmetic, for every step a map may have (``s < 2**21``) on GPUs (there the
+    division is approximate: this is the test that matters), a small range interpreted."""
+    S = 2 ** 21 if torch.cuda.is_available() else 4096
+    out = torch.empty(S, dtype=torch.int32, device=_device())
+    _div_kernel[(triton.cdiv(S, 1024),)](out, n, S, BLOCK=1024)
+    assert torch.equal(out.cpu().long(), torch.arange(S) // n)
 
 
 @runnable
@@ -89,7 +123,7 @@ def test_reverse_associative_scan_solves_the_reverse_recurrence():
 @pytest.mark.parametrize("H,W,d,N,even", [(4, 4, 3, 1, False), (3, 5, 2, 3, False), (2, 3, 2, 16, False),
                                           (4, 4, 4, 1, True), (2, 4, 2, 2, True)])
 def test_float64_matches_reference(launch, H, W, d, N, even):
-    """Partial tiles (masked loads) and full ones (``even``: unmasked), one and several state lanes per channel."""
+    """Partial tiles (masked loads) and only full ones (``even``: unmasked), one and several state indices."""
     launch(block_t=4)                                      # several tiles per sequence
     assert triton_ss2d._plan(2, H, W, d, N, torch.device("cpu")).even == even
     check(ss2d_inputs(2, H, W, d, N), H, W, tol=1e-10)
@@ -103,11 +137,14 @@ def test_chunks_along_the_length_and_several_channel_blocks(launch):
 
 
 @interpreter
-def test_uneven_chunks_leave_no_step_out(launch):
-    launch(block_t=4, programs_per_sm=16)                  # 7 tiles in 4 chunks of 2: the last tile slot is empty
-    plan = triton_ss2d._plan(1, 7, 4, 3, 1, torch.device("cpu"))
-    assert (plan.n_tiles, plan.n_chunks, plan.chunk_tiles) == (7, 4, 2)
-    check(ss2d_inputs(1, 7, 4, 3, 1), 7, 4, tol=1e-10)
+@pytest.mark.parametrize("d", [3, 4])
+def test_uneven_chunks_leave_no_step_out(launch, d):
+    """7 tiles in 4 chunks of 2: the last chunk is one tile short, with masked tiles (d 3) and unmasked ones (d 4:
+    a loop over the empty slot would write the clamped last step again)."""
+    launch(block_t=4, programs_per_sm=16)
+    plan = triton_ss2d._plan(1, 7, 4, d, 1, torch.device("cpu"))
+    assert (plan.n_tiles, plan.n_chunks, plan.chunk_tiles, plan.even) == (7, 4, 2, d == 4)
+    check(ss2d_inputs(1, 7, 4, d, 1), 7, 4, tol=1e-10)
 
 
 @interpreter
@@ -179,6 +216,14 @@ def test_clear_errors(name, shape, msg):
         ss2d_scan_directions(*[inp[k] for k in NAMES], 4, 4)
 
 
+@interpreter
+def test_maps_beyond_32_bit_offsets_are_refused():
+    inp = {k: v[:, :1] if k in ("x", "delta", "B", "C") else v for k, v in ss2d_inputs(1, 1, 1, 2, 1).items()}
+    big = {k: v.expand(1, 2 ** 21, *v.shape[2:]) if k in ("x", "delta", "B", "C") else v for k, v in inp.items()}
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        triton_ss2d.ss2d_scan_directions(*[big[k] for k in NAMES], 2 ** 11, 2 ** 10)
+
+
 def test_map_size_must_match_length():
     inp = ss2d_inputs(1, 4, 4, 3, 1)
     with pytest.raises(ValueError, match="4x5 = 20 pixels but x has L = 16"):
@@ -205,9 +250,9 @@ def test_gpu_model_shapes(dtype, batch, H, W, d, N):
 
 @gpu
 def test_gpu_precise_math(launch):
-    """``fast_math=0``: the precise exp and log (the default on GPUs is the approximate ones, tested above)."""
+    """``fast_math=0``: the precise exp and log (GPUs default to the approximate ones, tested above)."""
     launch(fast_math=0)
-    check(_gpu_inputs(2, 16, 16, 128, 1, torch.float32), 16, 16, tol=1e-5)
+    check(_gpu_inputs(2, 32, 32, 640, 1, torch.float32), 32, 32, tol=1e-5)
 
 
 @gpu

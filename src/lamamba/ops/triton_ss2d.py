@@ -23,7 +23,6 @@ import triton
 from torch import Tensor
 
 from lamamba.ops import triton_ss2d_kernels as kernels
-from lamamba.ops.scan_paths import scan_paths
 from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, sm_count, tl_dtype,
                                        unit_channel_stride)
 
@@ -96,13 +95,11 @@ class _Plan:
 
     @property
     def even(self) -> bool:
-        """Every tile full (no masks in the time loop)."""
+        """Every tile full: no masks in the time loop (the last chunk's loop stops at the last tile)."""
         return self.H * self.W % self.block_t == 0 and self.d % self.block_d == 0 and self.N == self.block_n
 
     def scalars(self) -> tuple:
-        # s_ch = 1, the channel stride, is an argument Triton does not specialise: loads stay one channel per
-        # lane with each tile's time steps in one thread's registers (the tile scans need no shuffles)
-        return (self.H * self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles, 1)
+        return (self.H, self.W, self.d, self.N, self.n_dblocks, self.chunk_tiles, self.n_chunks, self.n_tiles)
 
     def meta(self, acc: torch.dtype, backward: bool) -> dict:
         cfg = launch_config()
@@ -141,27 +138,15 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 
 def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Tensor, ...], _Plan, torch.dtype]:
     """The inputs as the kernels read them (channels-last signals, B and C with equal strides, contiguous
-    parameters, then the path table), the launch plan and the accumulation dtype; shared by the forward and
-    backward ops."""
+    parameters), the launch plan and the accumulation dtype; shared by the forward and backward ops."""
     check_device(x.device, kernels.ss2d_fwd_kernel, "SS2D")
-    if H * W * K * max(x.shape[2], B.shape[-1]) >= 2 ** 31:
-        raise ValueError(f"SS2D scan: a {H}x{W} map with {x.shape[2]} channels is too large for the Triton kernels' "
-                         "32-bit offsets within one sample; use a smaller map or fewer channels")
+    if H * W >= 2 ** 21 or H * W * K * max(x.shape[2], A.shape[1]) >= 2 ** 31:
+        raise ValueError(f"SS2D scan: a {H}x{W} map with {x.shape[2]} channels is beyond the Triton kernels' 32-bit "
+                         "offsets within a sample (at most 2**21 pixels and 2**31 elements per sample); use smaller "
+                         "maps (a larger patch size) or the PyTorch reference scan")
     B, C = _bc(B, C)
-    inputs = (unit_channel_stride(x), unit_channel_stride(delta), A.contiguous(), B, C, D.contiguous(),
-              delta_bias.contiguous(), _path_table(H, W, x.device))
+    inputs = (unit_channel_stride(x), unit_channel_stride(delta), A.contiguous(), B, C, D.contiguous(), delta_bias.contiguous())
     return inputs, _plan(x.shape[0], H, W, x.shape[2], A.shape[1], x.device), accumulation_dtype(x.dtype)
-
-
-def _path_table(H: int, W: int, device: torch.device) -> Tensor:
-    """(4, H*W) int32: the pixel each direction visits at each step (``lamamba.ops.scan_paths``), cached."""
-    key = (H, W, str(device))
-    if key not in _PATH_TABLES:
-        _PATH_TABLES[key] = scan_paths(H, W)[0].to(device=device, dtype=torch.int32)
-    return _PATH_TABLES[key]
-
-
-_PATH_TABLES: dict[tuple[int, int, str], Tensor] = {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,12 +157,12 @@ _PATH_TABLES: dict[tuple[int, int, str], Tensor] = {}
 def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
          H: int, W: int, save_states: bool) -> tuple[Tensor, Tensor]:
     """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward."""
-    (x, delta, A, B, C, D, delta_bias, paths), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
+    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     ys = x.new_empty((x.shape[0], H * W, K, x.shape[2]))
     ckpt = x.new_empty((x.shape[0], K, plan.n_tiles, plan.d, plan.N) if save_states else (0,), dtype=acc)
     carry = plan.carry(x, acc)
     strides = (*_strides(x, delta, B), *ys.stride()[:3])
-    args = (x, delta, A, B, C, D, delta_bias, paths, ys, ckpt, carry, *plan.scalars(), *strides)
+    args = (x, delta, A, B, C, D, delta_bias, ys, ckpt, carry, *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=False)
     if plan.n_chunks > 1:
         kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=True, STORE_CKPT=False, **meta)
@@ -196,7 +181,7 @@ def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
 def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
-    (x, delta, A, B, C, D, delta_bias, paths), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
+    (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     dys = unit_channel_stride(dys)
     batch, L, d = x.shape
     dxs = x.new_empty((batch, L, K, d))                      # one slice per direction, summed below
@@ -207,7 +192,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         x.new_empty(parts, dtype=acc)
     carry = plan.carry(x, acc)
     strides = (*_strides(x, delta, B), *dys.stride()[:3], *dxs.stride()[:3])
-    args = (dys, x, delta, A, B, C, D, delta_bias, paths, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
+    args = (dys, x, delta, A, B, C, D, delta_bias, ckpt, carry, dxs, ddelta, dB, dC, dA, dD, dbias,
             *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=True)
     if plan.n_chunks > 1:
