@@ -101,9 +101,9 @@ def _store(ptr, value, mask, EVEN: tl.constexpr):
 @triton.jit
 def _div(s, n):
     """``s // n`` for ``0 <= s < 2**21`` and ``n >= 1``, in float arithmetic (a few instructions, not an integer
-    division's ~20): ``(s + 0.5) / n`` stays at least ``0.5 / n`` from the next integer, far more than the division's
-    relative error of ~2**-22 times ``s / n``."""
-    return ((s.to(tl.float32) + 0.5) / n.to(tl.float32)).to(tl.int32)
+    division's ~20): ``(s + 0.5) / n`` stays at least ``0.5 / n`` from an integer, more than the division's error of
+    at most ``(s + 0.5) / n * 2**-22`` (div.full.f32, 2 ulp) while ``s < 2**21``."""
+    return ((s.to(tl.float32) + 0.5) / n).to(tl.int32)                 # n may be a constant 1 (specialised)
 
 
 @triton.jit
