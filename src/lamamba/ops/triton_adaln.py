@@ -16,6 +16,7 @@ from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count, t
 
 _ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide memory latency)
 _TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
+_WARP_ELEMENTS = 512   # tile elements per warp (16 per thread), at most 8 warps
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +27,7 @@ def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int
     block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, next_power_of_2(T))).bit_length() - 1)
     n_tiles = -(-T // block_r)
     tiles = max(1, (N * n_tiles) // (_ROW_TARGET * sm_count(device)))
-    return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // 512))
+    return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // _WARP_ELEMENTS))
 
 
 def _vectors(*ts: Optional[Tensor]) -> tuple[list[Optional[Tensor]], int]:
