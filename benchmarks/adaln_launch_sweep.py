@@ -7,7 +7,7 @@ Session 8's compiled profile put the AdaLN backward at 6.9 of LaMamba-Diff-S's 6
 6x its forward): this script says how far each call is from the bandwidth bound and whether another tiling helps.
 
     python benchmarks/adaln_launch_sweep.py                                  # every shape, the default variants
-    python benchmarks/adaln_launch_sweep.py --variants "" "_TILE_ELEMENTS=2048" --only "S stage 1"
+    python benchmarks/adaln_launch_sweep.py --variants "" "tile_elements=2048,row_target=2" --only "S stage 1"
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ SHAPES = {  # name: (batch, tokens, channels) of one block's AdaLN; S at 32 px h
     "S stage 3 (8x8, D 384)": (128, 64, 384),
     "XL stage 1 (32x32, D 320)": (64, 1024, 320),
 }
-VARIANTS = ["", "_TILE_ELEMENTS=2048", "_TILE_ELEMENTS=8192", "_ROW_TARGET=2", "_ROW_TARGET=32",
-            "_WARP_ELEMENTS=256", "_WARP_ELEMENTS=1024"]
+VARIANTS = ["", "tile_elements=2048", "tile_elements=2048,row_target=2", "tile_elements=2048,row_target=3",
+            "tile_elements=2048,row_target=4", "tile_elements=1024,row_target=4,warp_elements=256",
+            "row_target=2,warp_elements=1024", "tile_elements=2048,row_target=2,warp_elements=256"]
 HBM_BYTES_PER_S = 4.8e12   # H200 (HBM3e); only the "x bound" column depends on it
 
 
@@ -46,12 +47,14 @@ def _problem(N: int, T: int, D: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=VARIANTS, help="module constants of ops/triton_adaln.py, NAME=INT")
+    ap.add_argument("--variants", nargs="+", default=VARIANTS,
+                    help="AdaLNLaunch fields for both kernels, FIELD=INT,... ('' for the defaults)")
     ap.add_argument("--rep", type=int, default=100, help="milliseconds of replays per measurement")
     ap.add_argument("--only", default="", help="only the shapes whose name contains this")
     args = ap.parse_args()
-    defaults = {name: getattr(triton_adaln, name) for name in ("_TILE_ELEMENTS", "_ROW_TARGET", "_WARP_ELEMENTS")}
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, defaults {defaults}")
+    defaults = triton_adaln.FORWARD, triton_adaln.BACKWARD
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, defaults: forward {defaults[0]}, "
+          f"backward {defaults[1]}")
     for name, (N, T, D) in SHAPES.items():
         if args.only not in name:
             continue
@@ -61,22 +64,21 @@ def main() -> None:
         # writes dx, dbranch (the per-row statistics and per-sample vectors are small)
         bound_fwd, bound_bwd = (4 * 2 * elements / HBM_BYTES_PER_S, 6 * 2 * elements / HBM_BYTES_PER_S)
         for spec in args.variants:
-            for key, value in {**defaults, **_parse(spec)}.items():
-                setattr(triton_adaln, key, value)
-            triton_adaln._launch.cache_clear()
+            if spec:
+                triton_adaln.FORWARD = triton_adaln.BACKWARD = triton_adaln.AdaLNLaunch(**_parse(spec))
+            else:
+                triton_adaln.FORWARD, triton_adaln.BACKWARD = defaults
             x_out, out, mean, rstd = torch.ops.lamamba.adaln_fwd(*fwd_args)
             bwd_args = (dout, dxo, x_out, fwd_args[1], fwd_args[2], fwd_args[3], fwd_args[4], fwd_args[6], mean,
                         rstd, torch.bfloat16)
             torch.ops.lamamba.adaln_bwd(*bwd_args)        # compiled (and profiled by ncu) outside the graphs
-            launch = triton_adaln._launch(N, T, D, torch.device("cuda"))
+            launch = triton_adaln._launch(N, T, D, torch.device("cuda"), triton_adaln.BACKWARD)
             fwd = triton.testing.do_bench_cudagraph(lambda: torch.ops.lamamba.adaln_fwd(*fwd_args), rep=args.rep)
             bwd = triton.testing.do_bench_cudagraph(lambda: torch.ops.lamamba.adaln_bwd(*bwd_args), rep=args.rep)
-            print(f"{name:<26} {spec or 'default':<22} launch {str(launch):<24} fwd {1000 * fwd:7.1f} us "
+            print(f"{name:<26} {spec or 'default':<22} bwd launch {str(launch):<22} fwd {1000 * fwd:7.1f} us "
                   f"({fwd / 1000 / bound_fwd:4.1f}x bound)  bwd {1000 * bwd:7.1f} us ({bwd / 1000 / bound_bwd:4.1f}x bound)",
                   flush=True)
-    for key, value in defaults.items():
-        setattr(triton_adaln, key, value)
-    triton_adaln._launch.cache_clear()
+    triton_adaln.FORWARD, triton_adaln.BACKWARD = defaults
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ _SS2D_INTS = dict(H=32, W=32, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1
                   sB_n=1, sy_b=_L * _d, sy_l=_d, sy_k=0, sg_b=_L * 4 * _d, sg_l=4 * _d, sg_k=_d)
 _SS2D = dict(ACC="fp32", EVEN=True, FAST=True, BLOCK_T=16, BLOCK_N=1)
 _ADALN_FP32 = ("mean_ptr", "rstd_ptr", "part_ptr", "w_ptr", "b_ptr", "xo_ptr", "x_ptr", "dx_ptr", "dxo_ptr")
-_ADALN_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=32, TILES=1)
+_ADALN_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=11, TILES=3)   # the launch rule at batch 128 on 132 SMs
 CASES = {
     "ss2d backward, 32 channels, 1 warp (default)": (
         "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=32, STAGES=1), 1, 1,

@@ -78,8 +78,9 @@ def test_matches_naive_float64(triton_route, residual, N, H, W, D, mod_shape):
 def test_many_row_blocks(triton_route, monkeypatch, row_target, tile_elements):
     """Several programs per sample (partial gradient sums added on the host), several tiles per program, rows
     not a multiple of the tile."""
-    monkeypatch.setattr(triton_adaln, "_ROW_TARGET", row_target)
-    monkeypatch.setattr(triton_adaln, "_TILE_ELEMENTS", tile_elements)
+    launch = triton_adaln.AdaLNLaunch(tile_elements=tile_elements, row_target=row_target)
+    monkeypatch.setattr(triton_adaln, "FORWARD", launch)
+    monkeypatch.setattr(triton_adaln, "BACKWARD", launch)
     assert_matches_naive(add_norm_modulate, inputs(2, 5, 7, 12, True))
 
 

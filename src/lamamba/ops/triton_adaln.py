@@ -6,6 +6,7 @@ Called through ``lamamba.ops.fused_adaln.add_norm_modulate``, which checks shape
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -14,20 +15,28 @@ from torch import Tensor
 from lamamba.ops import triton_adaln_kernels as kernels
 from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count, tl_dtype
 
-_ROW_TARGET = 8    # programs per SM the row blocking aims for (enough to hide memory latency)
-_TILE_ELEMENTS = 4096  # BLOCK_R x BLOCK_D per tile: rows processed together by one program
-_WARP_ELEMENTS = 512   # tile elements per warp (16 per thread), at most 8 warps
+@dataclass(frozen=True)
+class AdaLNLaunch:
+    """How a fused AdaLN kernel blocks its rows; replace ``FORWARD`` / ``BACKWARD`` (``dataclasses.replace``) to
+    re-tune (benchmarks/adaln_launch_sweep.py)."""
+    tile_elements: int = 4096   # BLOCK_R x BLOCK_D per tile: rows processed together by one program
+    row_target: int = 8         # programs per SM the row blocking aims for (several tiles per program below it)
+    warp_elements: int = 512    # tile elements per warp (16 per thread), at most 8 warps
+
+
+FORWARD = AdaLNLaunch()
+BACKWARD = AdaLNLaunch()
 
 
 @functools.lru_cache(maxsize=None)
-def _launch(N: int, T: int, D: int, device: torch.device) -> tuple[int, int, int, int, int]:
+def _launch(N: int, T: int, D: int, device: torch.device, cfg: AdaLNLaunch) -> tuple[int, int, int, int, int]:
     """(tiles per program, programs per sample, BLOCK_R, BLOCK_D, num_warps); plain integer arithmetic, cached
     (this runs at every call: eager small models are bound by host time)."""
     block_d = next_power_of_2(D)
-    block_r = 1 << (max(1, min(32, _TILE_ELEMENTS // block_d, next_power_of_2(T))).bit_length() - 1)
+    block_r = 1 << (max(1, min(32, cfg.tile_elements // block_d, next_power_of_2(T))).bit_length() - 1)
     n_tiles = -(-T // block_r)
-    tiles = max(1, (N * n_tiles) // (_ROW_TARGET * sm_count(device)))
-    return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // _WARP_ELEMENTS))
+    tiles = max(1, (N * n_tiles) // (cfg.row_target * sm_count(device)))
+    return tiles, -(-n_tiles // tiles), block_r, block_d, max(1, min(8, block_r * block_d // cfg.warp_elements))
 
 
 def _vectors(*ts: Optional[Tensor]) -> tuple[list[Optional[Tensor]], int]:
@@ -58,7 +67,7 @@ def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weigh
     out = x.new_empty(x.shape, dtype=out_dtype)
     acc = _acc(x, branch, res_dtype, out_dtype)
     mean, rstd = (x.new_empty((N * T,), dtype=acc) for _ in range(2))
-    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, x.device)
+    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, x.device, FORWARD)
     kernels.adaln_fwd_kernel[(N, n_pb)](
         x, branch if has_res else x, gate if has_res else shift, weight, bias, shift, scale,
         x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps, tiles,
@@ -89,7 +98,7 @@ def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[
     dxo = None if dxo is None else dxo.contiguous()
     dx = xo.new_empty(xo.shape, dtype=x_dtype)
     dbr = torch.empty_like(branch) if has_res else xo.new_empty((0,))
-    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, xo.device)
+    tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, xo.device, BACKWARD)
     part = xo.new_empty((5 if has_res else 4, N, n_pb, D), dtype=mean.dtype)
     kernels.adaln_bwd_kernel[(N, n_pb)](
         dout, dxo if dxo is not None else dout, xo, branch if has_res else xo, gate if has_res else scale,
