@@ -98,9 +98,9 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
     row0 = n.to(tl.int64) * T                                   # the sample's first row
     dout_ptr, dxo_ptr, xo_ptr, br_ptr = dout_ptr + row0 * D, dxo_ptr + row0 * D, xo_ptr + row0 * D, br_ptr + row0 * D
     dx_ptr, dbr_ptr, mean_ptr, rstd_ptr = dx_ptr + row0 * D, dbr_ptr + row0 * D, mean_ptr + row0, rstd_ptr + row0
-    sum_dout = tl.zeros([BLOCK_D], dtype=ACC)                   # sum of d_out (each tile's rows reduced as it is done)
-    sum_dout_xhat = tl.zeros([BLOCK_D], dtype=ACC)              # sum of d_out * xhat
-    sum_gate = tl.zeros([BLOCK_D], dtype=ACC)                   # sum of d_x_out * branch
+    sum_dout = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)          # sum of d_out
+    sum_dout_xhat = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)     # sum of d_out * xhat
+    sum_gate = tl.zeros([BLOCK_R, BLOCK_D], dtype=ACC)          # sum of d_x_out * branch
     for i in range(TILES):
         rmask, mask, row, offs = _tile(pb, i, T, D, TILES, cols, cmask, BLOCK_R)
         mean = tl.load(mean_ptr + row, mask=rmask, other=0.0)
@@ -108,8 +108,8 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
         xo = tl.load(xo_ptr + offs, mask=mask, other=0.0).to(ACC)
         xhat = tl.where(mask, (xo - mean[:, None]) * rstd[:, None], 0.0)
         dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(ACC)
-        sum_dout += tl.sum(dout, axis=0)
-        sum_dout_xhat += tl.sum(dout * xhat, axis=0)
+        sum_dout += dout
+        sum_dout_xhat += dout * xhat
         dxhat = dout * scale1 * w
         c1 = tl.sum(dxhat, axis=1) / D
         c2 = tl.sum(dxhat * xhat, axis=1) / D
@@ -119,10 +119,10 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_RESIDUAL:
             tl.store(dbr_ptr + offs, (dx * gate).to(dbr_ptr.dtype.element_ty), mask=mask)
-            sum_gate += tl.sum(dx * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC), axis=0)
+            sum_gate += dx * tl.load(br_ptr + offs, mask=mask, other=0.0).to(ACC)
     # partial sums, (5, samples, row blocks, D): w, b, shift, scale, gate
-    s_dout = sum_dout[None, :]
-    s_dout_xhat = sum_dout_xhat[None, :]
+    s_dout = tl.sum(sum_dout, axis=0)[None, :]
+    s_dout_xhat = tl.sum(sum_dout_xhat, axis=0)[None, :]
     stride_q = tl.num_programs(0) * n_pb * D
     base = (n * n_pb + pb).to(tl.int64) * D + cols[None, :]
     m = cmask[None, :]
@@ -131,7 +131,7 @@ def adaln_bwd_kernel(dout_ptr, dxo_ptr, xo_ptr, br_ptr, gate_ptr, w_ptr, b_ptr, 
     tl.store(part_ptr + 2 * stride_q + base, s_dout, mask=m)
     tl.store(part_ptr + 3 * stride_q + base, w * s_dout_xhat + b * s_dout, mask=m)
     if HAS_RESIDUAL:
-        tl.store(part_ptr + 4 * stride_q + base, sum_gate[None, :], mask=m)
+        tl.store(part_ptr + 4 * stride_q + base, tl.sum(sum_gate, axis=0)[None, :], mask=m)
 
 
 @triton.jit
