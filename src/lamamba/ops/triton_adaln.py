@@ -24,8 +24,11 @@ class AdaLNLaunch:
     warp_elements: int = 512    # tile elements per warp (16 per thread), at most 8 warps
 
 
-FORWARD = AdaLNLaunch()
-BACKWARD = AdaLNLaunch()
+# H200 sweep (docs/PERFORMANCE.md, session 9): 4 warps of 32 elements per thread beat 8 of 16 in both kernels at
+# LaMamba-Diff-XL's widths; the backward (172 registers, so one 8-warp program per SM) also wants few programs with
+# many tiles each: -29% (S stage 1) to -59% (S stage 3) GPU time against the earlier shared rule
+FORWARD = AdaLNLaunch(warp_elements=1024)
+BACKWARD = AdaLNLaunch(row_target=2, warp_elements=1024)
 
 
 @functools.lru_cache(maxsize=None)
