@@ -37,6 +37,15 @@ Sums over time are reduced over each tile's rows as the tile is done (running (B
 48 more registers per thread, at one warp per program) and written once per program; sums over channels are
 reduced in the block and written per channel block (no atomics, so results are deterministic); the host adds the
 partials.
+
+**Instructions per step** (the kernels issue instructions at 1/8 occupancy, 255 registers in the backward: fewer
+instructions is what makes them faster; docs/PERFORMANCE.md, session 9). When every tile is full (``EVEN``) loads
+and stores carry no masks, the last chunk's loop stops at the last tile, and a step past the end reads the last
+step again (any finite decay: the adjoint after the last step is zero). Offsets within a sample are 32-bit (the
+sample's base is a 64-bit scalar), the path's divisions are float arithmetic (``_div``), and with ``FAST`` (fp32 on
+a GPU) ``exp`` and ``log`` are the hardware's approximate ones. Tried and slower on the H200: one channel per lane
+with each thread holding a tile's time steps (no layout conversions, 42% fewer instructions, but 2-byte loads:
+1.5-2.7x the time).
 """
 from __future__ import annotations
 
