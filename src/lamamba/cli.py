@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_DIVERGED = 1        # training stopped on a NaN/inf loss or non-finite weights
 EXIT_USAGE = 2           # bad input: arguments, files, values (argparse uses 2 as well)
 EXIT_SYSTEM = 3          # the file system refused: disk full, read-only or permission denied
+EXIT_COMPILE = 4         # torch.compile was asked for (--compile) and failed on this machine
 EXIT_INTERNAL = 70       # an unexpected error (a bug): the traceback is printed
 EXIT_SIGINT = 130        # interrupted by SIGINT (Ctrl-C); 128 + signal number, as shells report it
 EXIT_SIGTERM = 143       # interrupted by SIGTERM (e.g. a scheduler's notice before it kills the job)
@@ -62,14 +63,20 @@ def run_command(name: str, run, args: argparse.Namespace) -> int:
     """``run(args)``, with every foreseeable failure as one clear line on stderr and a distinct exit code.
 
     Bad input (ValueError, FileNotFoundError, NotADirectoryError): ``EXIT_USAGE``. A file system that
-    refuses a write (other OSErrors, e.g. disk full, read-only, permission denied): ``EXIT_SYSTEM``.
+    refuses a write (other OSErrors, e.g. disk full, read-only, permission denied): ``EXIT_SYSTEM``. A compilation
+    that was asked for and failed (a default one falls back to eager where it runs): ``EXIT_COMPILE``.
     Ctrl-C: ``EXIT_SIGINT``; training saves a checkpoint first and reports SIGINT/SIGTERM as 130/143. Anything else is a bug:
     the traceback, then one line, and ``EXIT_INTERNAL``.
     """
     from safetensors import SafetensorError
 
+    from lamamba.models.compile import COMPILE_ERRORS, compile_error_line
+
     try:
         result = run(args)
+    except COMPILE_ERRORS as e:  # before ValueError: Dynamo's errors derive from RuntimeError, some from others
+        return _fail(name, f"error: compiling failed ({compile_error_line(e)}); run with --no-compile, or set "
+                           "TORCHDYNAMO_VERBOSE=1 for the compiler's traceback", EXIT_COMPILE)
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         return _fail(name, f"error: {e}", EXIT_USAGE)
     except (OSError, SafetensorError) as e:  # disk full, read-only file system, permission denied

@@ -366,7 +366,8 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.models.compile import compile_for_sampling, resolve_cuda_graphs, resolve_sampling_compile
+    from lamamba.models.compile import (COMPILE_ERRORS, compile_error_line, compile_for_sampling, release_compiled,
+                                        resolve_cuda_graphs, resolve_sampling_compile, uncompile)
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -416,11 +417,23 @@ def run(args: argparse.Namespace) -> int:
             # compiled graphs are per batch size: rather than compiling again for the last, smaller batch, fill it
             # up with repeats of its last sample (a sample depends only on its seed and index) and drop them
             indices = list(batch) + [batch[-1]] * (args.batch_size - len(batch)) if compiled and start else batch
-            z = generate(model, diffusion, indices=indices, labels=None if labels is None else labels[list(indices)],
-                         seed=args.seed, sampler=args.sampler, steps=steps, cfg_scale=args.cfg_scale,
-                         guided_channels=args.guided_channels, device=env.device,
-                         autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
-                         clip_denoised=args.clip_denoised, center_noise=args.center_noise)[:len(batch)]
+            draw = functools.partial(
+                generate, model, diffusion, indices=indices, labels=None if labels is None else labels[list(indices)],
+                seed=args.seed, sampler=args.sampler, steps=steps, cfg_scale=args.cfg_scale,
+                guided_channels=args.guided_channels, device=env.device,
+                autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+                clip_denoised=args.clip_denoised, center_noise=args.center_noise)
+            try:
+                z = draw()[:len(batch)]
+            except COMPILE_ERRORS as error:  # the first batch compiles: a default compilation falls back to eager
+                if not (compiled and args.compile is None and start == 0):
+                    raise
+                print(f"compiling failed ({compile_error_line(error)}); sampling without torch.compile instead "
+                      "(--no-compile skips compiling)", file=sys.stderr)
+                uncompile(model)
+                release_compiled()
+                compiled = False
+                z = draw()[:len(batch)]
             images = to_uint8(decode(z))
             shard[start:start + len(batch)] = images
             if args.save_images:

@@ -260,6 +260,37 @@ def test_compiled_sampling_pads_the_last_batch(checkpoint, tmp_path, monkeypatch
     assert np.array_equal(padded[1], eager[1]) and np.array_equal(padded[0], eager[0])
 
 
+def test_a_default_compilation_that_fails_falls_back_to_eager(checkpoint, tmp_path, monkeypatch, capsys):
+    """A default compilation (no --compile) that fails at the first batch: one line on stderr, then eager sampling
+    with the eager run's images. An explicit --compile that fails: one line and exit 4."""
+    from lamamba.models import compile as compile_module
+
+    def fail(gm, example_inputs):  # a backend that cannot compile (e.g. no C++ compiler on the host)
+        raise RuntimeError("no C++ compiler found")
+
+    real = compile_module.compile_for_sampling
+
+    def run(name, *flags):
+        out = tmp_path / name
+        code = sample.main([str(checkpoint), "--num-samples", "5", "--labels", "3,1", "--steps", "2", "--batch-size",
+                            "3", "--sampler", "ddim", "--npz", "--out", str(out), "--no-progress", *flags])
+        if code:
+            return code
+        with np.load(out / "samples.npz") as data:
+            return data["arr_0"]
+
+    eager = run("eager", "--no-compile")
+    monkeypatch.setattr(compile_module, "compile_for_sampling", lambda model, **k: real(model, backend=fail, **k))
+    monkeypatch.setattr(compile_module, "resolve_sampling_compile", lambda requested, *a, **k: requested is not False)
+    capsys.readouterr()
+    assert np.array_equal(run("fallback"), eager)
+    assert "compiling failed (BackendCompilerFailed (RuntimeError: no C++ compiler found)); sampling without" \
+        in capsys.readouterr().err
+    assert run("explicit", "--compile", "--no-cuda-graphs") == 4
+    assert "run with --no-compile" in capsys.readouterr().err.strip().splitlines()[-1]
+    torch._dynamo.reset()
+
+
 def test_sampling_compiles_by_default_only_large_cuda_jobs():
     from lamamba.models.compile import SAMPLING_COMPILE_MIN_EVALUATIONS as least, resolve_sampling_compile
 

@@ -144,6 +144,34 @@ def test_compiled_run_compiles_the_blocks_of_the_model_and_the_ema(tmp_path, tra
     torch._dynamo.reset()
 
 
+def test_a_default_compilation_that_fails_falls_back_to_eager(tmp_path, train_tiny, read_metrics, monkeypatch,
+                                                               capsys):
+    """Compiling by default (no --compile) and failing at the first step: one warning, then the run trains exactly
+    as an eager one (same losses, bit-identical weights). An explicit --compile that fails is one line and exit 4."""
+    import lamamba.training.loop as loop
+    from lamamba.models.compile import compile_model
+
+    def fail(gm, example_inputs):  # a backend that cannot compile (e.g. no C++ compiler on the host)
+        raise RuntimeError("no C++ compiler found")
+
+    eager = tmp_path / "eager"
+    assert train_tiny(eager, "--max-steps", 3) == 0
+    monkeypatch.setattr(loop, "resolve_compile", lambda requested, device, warn=None: True)
+    monkeypatch.setattr(loop, "compile_model", lambda model, *a, **k: compile_model(model, *a, backend=fail, **k))
+    fallback = tmp_path / "fallback"
+    assert train_tiny(fallback, "--max-steps", 3, "--compile-scope", "regional") == 0
+    log = (fallback / "log.txt").read_text()
+    assert "compiling failed (BackendCompilerFailed" in log and "training without torch.compile" in log
+    assert [r["loss"] for r in read_metrics(fallback)] == [r["loss"] for r in read_metrics(eager)]
+    weights = [load_file(run / "checkpoints" / "0000003" / "model.safetensors") for run in (eager, fallback)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    capsys.readouterr()
+    assert train_tiny(tmp_path / "explicit", "--max-steps", 1, "--compile", "--compile-scope", "regional") == 4
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "compiling failed (BackendCompilerFailed (RuntimeError: no C++ compiler found)); run with --no-compile" in err
+    torch._dynamo.reset()
+
+
 def test_noise_offset_adds_one_draw_per_sample_and_channel(tmp_path, train_tiny, monkeypatch):
     """--noise-offset a: the training noise is the run's usual draw plus a x one N(0, 1) per sample and channel,
     drawn after it from the same generator (so --noise-offset 0 keeps the paper's noise and random stream)."""

@@ -48,9 +48,10 @@ import torch.nn as nn
 from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
 
-__all__ = ["COMPILED_BLOCKS", "SAMPLING_COMPILE_MIN_EVALUATIONS", "SCOPES", "cache_counts", "compile_for_sampling",
-           "compile_model", "describe_cache", "inductor_cache_dir", "release_compiled", "resolve_compile",
-           "resolve_cuda_graphs", "resolve_sampling_compile", "use_persistent_cache"]
+__all__ = ["COMPILED_BLOCKS", "COMPILE_ERRORS", "SAMPLING_COMPILE_MIN_EVALUATIONS", "SCOPES", "cache_counts",
+           "compile_error_line", "compile_for_sampling", "compile_model", "describe_cache", "inductor_cache_dir",
+           "release_compiled", "resolve_compile", "resolve_cuda_graphs", "resolve_sampling_compile", "uncompile",
+           "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
@@ -58,6 +59,10 @@ GRAPHS_PER_SIGNATURE = 4  # train and sample, each at the full batch and one oth
 
 # one compiled function per (block forward, compile options): every block whose class has that forward uses it
 _COMPILED: dict[tuple, Callable] = {}
+
+# what a failed compilation raises at a compiled function's first call: Dynamo's errors, and the backends' (Inductor,
+# Triton, the host C++ compiler) wrapped as BackendCompilerFailed
+COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,)
 
 
 def inductor_cache_dir() -> Path:
@@ -222,6 +227,25 @@ def compile_for_sampling(model: nn.Module, *, cuda_graphs: bool = False, **compi
 
     model.forward = forward
     return model
+
+
+def uncompile(model: nn.Module) -> None:
+    """Undo :func:`compile_model` / :func:`compile_for_sampling` on ``model`` (in place): it and its blocks run their
+    classes' eager ``forward`` again. With :func:`release_compiled`, the fallback of a default compilation that
+    failed (``lamamba train`` and ``lamamba sample``)."""
+    for module in model.modules():
+        if "forward" in vars(module):
+            del module.forward
+
+
+def compile_error_line(error: BaseException) -> str:
+    """A failed compilation in one line: the error's type, and the backend's error with the first line of its message
+    (``BackendCompilerFailed`` wraps it), e.g. "BackendCompilerFailed (RuntimeError: no C++ compiler found)"."""
+    inner = getattr(error, "inner_exception", None) or error
+    message = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")[:300]
+    if inner is error:
+        return f"{type(error).__name__}: {message}"
+    return f"{type(error).__name__} ({type(inner).__name__}: {message})"
 
 
 def release_compiled() -> None:

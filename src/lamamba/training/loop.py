@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
-from lamamba.models.compile import cache_counts, describe_cache, resolve_compile, resolve_cuda_graphs
+from lamamba.models.compile import (COMPILE_ERRORS, cache_counts, compile_error_line, describe_cache, release_compiled,
+                                    resolve_compile, resolve_cuda_graphs, uncompile)
 from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
@@ -111,7 +112,7 @@ class Trainer:
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
         self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
                                                distributed=env.distributed)
-        self.net = net
+        self.net = self._eager_net = net
         if self.compiled:
             self.net = compile_model(self.model, net, scope=config.compile_scope, cuda_graphs=self.cuda_graphs)
             if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled, without
@@ -302,7 +303,7 @@ class Trainer:
         cache_before = cache_counts()
         while self.step < cfg.max_steps:
             tic = time.perf_counter()
-            stats = self.train_step(batches)
+            stats = self._first_step(batches) if self.step == first else self.train_step(batches)
             elapsed = time.perf_counter() - tic
             window_steps += 1
             if self.step == first + 1:  # this process's first step: it compiles, so it is not in img/s
@@ -333,6 +334,31 @@ class Trainer:
             for callback in self.callbacks:
                 if self.step % callback.every == 0 or (callback.at_end and self.step == cfg.max_steps):
                     callback.fn(self)
+
+    def _first_step(self, batches) -> dict[str, float]:
+        """This process's first step, which compiles. When compiling was the default (``--compile`` not given) and
+        fails, one warning, then the run goes on eagerly from the same micro-batches and random state (gradients of
+        the failed attempt cleared; no optimizer step was taken), so it trains exactly as a ``--no-compile`` run
+        would. An explicit ``--compile`` that fails raises."""
+        if not self.compiled or self.config.compile is not None:
+            return self.train_step(batches)
+        micro = [next(batches) for _ in range(self.config.grad_accum)]
+        cuda = self.env.device.type == "cuda"
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.env.device) if cuda else None  # label dropout
+        try:
+            return self.train_step(iter(micro))
+        except COMPILE_ERRORS as error:
+            self.log.warning("compiling failed (%s); training without torch.compile instead (--no-compile skips "
+                             "compiling)", compile_error_line(error))
+            torch.set_rng_state(rng[0])
+            if cuda:
+                torch.cuda.set_rng_state(rng[1], self.env.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            uncompile(self.model)
+            uncompile(self.ema.model)
+            release_compiled()
+            self.net, self.compiled, self.cuda_graphs = self._eager_net, False, False
+            return self.train_step(iter(micro))
 
     def _log_first_step(self, elapsed: float, cache_before: dict[str, int]) -> None:
         """Time to the first step, which compiles: cold (Inductor cache misses) or warm (hits only)."""
