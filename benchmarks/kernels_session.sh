@@ -10,7 +10,7 @@ set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"   # left()
 BASE=${BASE:-.carry/base9}
-SWEEP=("" fast_math=0 max_block_d=16 block_t=8 "bwd_num_warps=2,max_block_d=64")   # launches of the working tree
+SWEEP=("" fast_math=0 max_block_d=16 block_t=8)   # launches of the working tree (session 9, call 3)
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
 bench() {  # TREE NAME ARGS...: lamamba bench from src/ (new) or $BASE/src (base), rows to $OUT/bench-GPU.txt

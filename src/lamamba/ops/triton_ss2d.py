@@ -140,7 +140,9 @@ def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Te
     """The inputs as the kernels read them (channels-last signals, B and C with equal strides, contiguous
     parameters), the launch plan and the accumulation dtype; shared by the forward and backward ops."""
     check_device(x.device, kernels.ss2d_fwd_kernel, "SS2D")
-    if H * W >= 2 ** 21 or H * W * K * max(x.shape[2], A.shape[1]) >= 2 ** 31:
+    # the kernels' offsets within one sample are 32-bit: the largest is a step's row times the pixels
+    row = max(x.stride(1), delta.stride(1), B.stride(1), C.stride(1), K * x.shape[2], K * A.shape[1])
+    if H * W >= 2 ** 21 or H * W * row >= 2 ** 31:
         raise ValueError(f"SS2D scan: a {H}x{W} map with {x.shape[2]} channels is beyond the Triton kernels' 32-bit "
                          "offsets within a sample (at most 2**21 pixels and 2**31 elements per sample); use smaller "
                          "maps (a larger patch size) or the PyTorch reference scan")
