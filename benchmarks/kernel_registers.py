@@ -10,6 +10,8 @@ throughput bound). Fewer registers per thread let more programs share an SM.
     python benchmarks/kernel_registers.py --src .carry/base8/src   # another tree's kernels (imported from there)
 
 Triton here may be newer than on the GPU machine (3.9 vs 3.6): counts can differ by a few registers.
+``tests/ops/test_kernels_compile.py`` runs this script in CI: every case must compile (GPU-only failures, such as a
+constant the compiler specialises, show on a CPU machine).
 """
 from __future__ import annotations
 
@@ -23,19 +25,29 @@ import tempfile
 import warnings
 
 # name: (module, kernel, constexprs, num_warps, num_stages, fp32 pointer arguments, integer arguments): the launches
-# of ops/triton_ss2d.py (bf16 activations, fp32 states and parameters) and ops/triton_adaln.py at LaMamba-Diff-S's
-# first stage (32 px, batch 128: 32x32 maps, d_inner 192, delta direction-major, dy shared by the directions). The
-# integers matter: at run time Triton specialises integers equal to 1 as constants and marks those divisible by 16
-# (which lets it vectorise loads); pointers count as 16-byte aligned, as PyTorch allocates them.
+# of ops/triton_ss2d.py (bf16 activations, fp32 states and parameters), ops/triton_adaln.py and ops/gated_norm.py at
+# LaMamba-Diff-S's first stage (32 px, batch 128 on 132 SMs: 32x32 maps, d_inner 192, delta direction-major, dy
+# shared by the directions), and the other paths a run can take (partial tiles, precise math, a one-column map).
+# The integers matter: at run time Triton specialises integers equal to 1 as constants and marks those divisible by
+# 16 (which lets it vectorise loads); pointers count as 16-byte aligned, as PyTorch allocates them.
 _SS2D_FP32 = ("A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "carry_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
               "dbias_ptr")
 _L, _d = 32 * 32, 192
 _SS2D_INTS = dict(H=32, W=32, d=_d, N=1, n_dblocks=6, chunk_tiles=64, n_chunks=1, n_tiles=64,
                   sx_b=_L * _d, sx_l=_d, sd_b=4 * _L * _d, sd_l=_d, sd_k=_L * _d, sB_b=_L * 4 * 8, sB_l=32, sB_k=8,
                   sB_n=1, sy_b=_L * _d, sy_l=_d, sy_k=0, sg_b=_L * 4 * _d, sg_l=4 * _d, sg_k=_d)
+_SS2D_FWD_INTS = {k: v for k, v in _SS2D_INTS.items() if not k.startswith("sg")}
 _SS2D = dict(ACC="fp32", EVEN=True, FAST=True, BLOCK_T=16, BLOCK_N=1)
+_PARTIAL = dict(_SS2D, EVEN=False, FAST=False)                  # masked tiles, precise math
+_ONE_COLUMN = dict(_SS2D_INTS, H=1000, W=1, d=100, n_dblocks=4, n_tiles=63)   # W = 1 specialised as a constant
 _ADALN_FP32 = ("mean_ptr", "rstd_ptr", "part_ptr", "w_ptr", "b_ptr", "xo_ptr", "x_ptr", "dx_ptr", "dxo_ptr")
-_ADALN_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=11, TILES=3)   # the launch rule at batch 128 on 132 SMs
+_ADALN_BWD_INTS = dict(T=_L, D=96, stride_mod=9 * 96, n_pb=3, TILES=15)      # triton_adaln.BACKWARD's launch
+_ADALN_FWD_INTS = dict(T=_L, D=96, stride_mod=9 * 96, TILES=3)               # triton_adaln.FORWARD's launch
+_GN_FP32 = ("w_ptr", "b_ptr", "mean_ptr", "rstd_ptr", "sum_ptr", "dw_ptr", "db_ptr", "part_ptr")
+_GN_FWD_INTS = dict(n_rows=128 * _L, L=_L, d=_d, s_yn=_L * 4 * _d, s_yl=4 * _d, s_yk=_d, s_zn=_L * 2 * _d,
+                    s_zl=2 * _d, s_on=_L * _d, s_ol=_d)
+_GN_BWD_INTS = dict(n_rows=128 * _L, L=_L, d=_d, blocks_per_program=62, s_gn=_L * _d, s_gl=_d, s_zn=_L * 2 * _d,
+                    s_zl=2 * _d)
 CASES = {
     "ss2d backward, 32 channels, 1 warp (default)": (
         "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=32, STAGES=1), 1, 1,
@@ -43,15 +55,31 @@ CASES = {
     "ss2d backward, 16 channels, 1 warp": (
         "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=16, STAGES=1), 1, 1,
         _SS2D_FP32, _SS2D_INTS),
+    "ss2d backward, partial tiles, precise math": (
+        "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_PARTIAL, STATE_ONLY=False, BLOCK_D=32, STAGES=1), 1, 1,
+        _SS2D_FP32, _ONE_COLUMN),
+    "ss2d backward, chunk maps (state only)": (
+        "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=True, BLOCK_D=32, STAGES=1), 1, 1,
+        _SS2D_FP32, dict(_SS2D_INTS, n_chunks=4, chunk_tiles=16)),
     "ss2d forward, 32 channels, 1 warp (default)": (
         "triton_ss2d_kernels", "ss2d_fwd_kernel", dict(_SS2D, STATE_ONLY=False, STORE_CKPT=True, BLOCK_D=32, STAGES=2),
-        1, 2, _SS2D_FP32, {k: v for k, v in _SS2D_INTS.items() if not k.startswith("sg")}),
-    "adaln backward, D 96 (tile 32 x 128), 8 warps": (
+        1, 2, _SS2D_FP32, _SS2D_FWD_INTS),
+    "ss2d forward, partial tiles, one-column map": (
+        "triton_ss2d_kernels", "ss2d_fwd_kernel", dict(_PARTIAL, STATE_ONLY=False, STORE_CKPT=False, BLOCK_D=32,
+                                                       STAGES=2), 1, 2, _SS2D_FP32,
+        {k: v for k, v in _ONE_COLUMN.items() if not k.startswith("sg")}),
+    "adaln backward, D 96 (tile 32 x 128), 4 warps": (
         "triton_adaln_kernels", "adaln_bwd_kernel", dict(HAS_RESIDUAL=True, HAS_DXO=True, BLOCK_R=32, BLOCK_D=128,
-                                                         ACC="fp32"), 8, 3, _ADALN_FP32, _ADALN_INTS),
-    "adaln forward, D 96 (tile 32 x 128), 8 warps": (
+                                                         ACC="fp32"), 4, 3, _ADALN_FP32, _ADALN_BWD_INTS),
+    "adaln forward, D 96 (tile 32 x 128), 4 warps": (
         "triton_adaln_kernels", "adaln_fwd_kernel", dict(HAS_RESIDUAL=True, BLOCK_R=32, BLOCK_D=128, ACC="fp32"),
-        8, 3, _ADALN_FP32, {k: v for k, v in _ADALN_INTS.items() if k != "n_pb"}),
+        4, 3, _ADALN_FP32, _ADALN_FWD_INTS),
+    "gated norm forward, d 192 (tile 8 x 256), 4 warps": (
+        "gated_norm_kernels", "gated_norm_fwd_kernel", dict(K=4, ACC="fp32", BLOCK_R=8, BLOCK_D=256, STORE_SUM=True),
+        4, 3, _GN_FP32, _GN_FWD_INTS),
+    "gated norm backward, d 192 (tile 4 x 256), 4 warps": (
+        "gated_norm_kernels", "gated_norm_bwd_kernel", dict(ACC="fp32", BLOCK_R=4, BLOCK_D=256, STAGES=3), 4, 3,
+        _GN_FP32, _GN_BWD_INTS),
 }
 
 
