@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import traceback
 
 import torch
 
-import lamamba.models.lamamba as lamamba_module
-from lamamba.ops import recompute
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -62,22 +59,12 @@ def saved_bytes(name: str, preset: dict) -> tuple[int, collections.Counter, coll
             storages[storage._cdata] = (storage.nbytes(), tuple(tensor.shape), tensor.dtype, _source())
         return tensor
 
-    @contextlib.contextmanager
-    def recompute_seen(target, fn, *args):  # recompute_in_backward as this hook sees it: all but target is kept
-        key = recompute._key(target)
-        with torch.autograd.graph.saved_tensors_hooks(
-                lambda saved: saved if saved is target or recompute._key(saved) == key else pack(saved),
-                lambda saved: saved):
-            yield
-
     torch.nn.functional.scaled_dot_product_attention = _fused_attention
-    lamamba_module.recompute_in_backward = recompute_seen  # nested hooks would hide the scan's tensors from pack
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             model(x, t, t.clone() if preset["num_classes"] else None)
     finally:
         torch.nn.functional.scaled_dot_product_attention = _SDPA
-        lamamba_module.recompute_in_backward = recompute.recompute_in_backward
     by_kind: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
     for nbytes, shape, dtype, source in storages.values():

@@ -1,4 +1,5 @@
-"""``recompute_in_backward``: the backward recomputes a saved tensor from its recipe, gradients unchanged."""
+"""Recomputing instead of keeping: ``recompute_in_backward`` (eager, any tensor) and SS2D's time steps, which the
+scan's backward recomputes from their rank-R projection in eager and compiled mode."""
 import pytest
 import torch
 from triton_env import gpu, interpreter
@@ -58,30 +59,66 @@ def test_nothing_happens_without_gradients():
 
 @interpreter
 def test_ss2d_recomputes_its_time_steps_in_the_backward(monkeypatch):
-    """On the Triton route (interpreted on CPU machines) SS2D's scan keeps a recipe for delta, not delta: the
-    backward calls dt_projection again, and the gradients equal the reference route's (which keeps them)."""
+    """On the Triton route (interpreted on CPU machines) SS2D's scan keeps a recipe for delta, not delta: nothing of
+    delta's shape is saved, the backward calls dt_projection again, and the gradients equal the reference route's
+    (which keeps them)."""
     import lamamba.models.lamamba as lm
+    import lamamba.ops.triton_ss2d as triton_ss2d
 
     calls = []
-    original = lm.dt_projection
 
-    def counted(*args, **kwargs):
-        calls.append(torch.is_grad_enabled())
-        return original(*args, **kwargs)
+    def counted(original):
+        def projection(*args, **kwargs):
+            calls.append(torch.is_grad_enabled())
+            return original(*args, **kwargs)
+        return projection
 
-    monkeypatch.setattr(lm, "dt_projection", counted)
+    monkeypatch.setattr(lm, "dt_projection", counted(lm.dt_projection))                 # the forward's
+    monkeypatch.setattr(triton_ss2d, "dt_projection", counted(triton_ss2d.dt_projection))  # the backward's
     torch.manual_seed(0)
     op = lm.SS2D(dim=8, d_state=2).double()
     u = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    delta_shape = (2, 15, 4, op.d_inner)
     grads = {}
     for backend in ("triton", "reference"):
         monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", backend)
         calls.clear()
-        out = op(u)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            out = op(u)
         grads[backend] = torch.autograd.grad(out.square().sum(), [u, *op.parameters()])
         if backend == "triton":
             assert calls == [True, False]             # the forward, then the backward's recompute
+            assert delta_shape not in saved
     torch.testing.assert_close(grads["triton"], grads["reference"], rtol=1e-9, atol=1e-12)
+
+
+@interpreter
+def test_compiled_ss2d_keeps_no_time_steps(monkeypatch):
+    """Compiled, AOT autograd decides what the forward keeps (saved-tensor hooks are not traced); the Triton route's
+    scan op keeps delta's recipe, so the partitioned forward (min-cut, as Inductor's) outputs no tensor of delta's
+    shape for the backward. Session 9 found compiled steps keeping it (~1.7 GiB of LaMamba-Diff-S at batch 128)."""
+    from functorch.compile import min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    from lamamba.models.lamamba import SS2D
+
+    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
+    kept = []
+
+    def forward_compiler(gm, example_inputs):
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        kept.extend(tuple(o.meta["val"].shape) for o in outputs if hasattr(o, "meta") and "val" in o.meta)
+        return gm
+
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
+                           partition_fn=min_cut_rematerialization_partition)
+    torch.manual_seed(0)
+    op = SS2D(dim=8, d_state=1)
+    u = torch.randn(2, 4, 4, 8, requires_grad=True)
+    torch.compile(op, backend=backend, fullgraph=True)(u).sum().backward()
+    torch._dynamo.reset()
+    assert kept and (2, 16, 4, op.d_inner) not in kept
 
 
 def test_inside_other_saved_tensor_hooks_it_steps_aside():
@@ -98,14 +135,13 @@ def test_inside_other_saved_tensor_hooks_it_steps_aside():
 
 def grads_recomputed_and_kept(monkeypatch, op, u, device_type):
     """SS2D's gradients under bf16 autocast, first with delta recomputed in the backward, then kept."""
-    import contextlib
-
     import lamamba.models.lamamba as lm
 
+    scan = lm.ss2d_scan_directions
     grads = []
     for recompute in (True, False):
         if not recompute:
-            monkeypatch.setattr(lm, "recompute_in_backward", lambda *args: contextlib.nullcontext())
+            monkeypatch.setattr(lm, "ss2d_scan_directions", lambda *args, delta_from=None: scan(*args))
         with torch.autocast(device_type, dtype=torch.bfloat16):
             out = op(u)
         grads.append(torch.autograd.grad(out.float().square().sum(), [u, *op.parameters()]))

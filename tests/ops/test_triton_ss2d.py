@@ -10,8 +10,9 @@ import torch
 from triton_env import gpu, interpreter, rel_err, runnable, triton
 
 from lamamba.ops import triton_ss2d, triton_ss2d_kernels
-from lamamba.ops.scan_paths import scan_paths
 from lamamba.ops.ss2d_scan import ss2d_scan_directions, ss2d_scan_directions_reference, ss2d_selective_scan
+from lamamba.ops.scan_paths import scan_paths
+from lamamba.ops.time_steps import dt_projection
 
 tl = triton.language
 NAMES = ("x", "delta", "A", "B", "C", "D", "delta_bias")
@@ -190,6 +191,14 @@ def test_custom_ops_pass_opcheck_and_compile_to_one_graph():
     ys, ckpt = torch.ops.lamamba.ss2d_scan_fwd(*[a.detach() for a in args], 2, 4, True)
     torch.library.opcheck(torch.ops.lamamba.ss2d_scan_bwd.default,
                           (torch.randn_like(ys), *[a.detach() for a in args], ckpt, 2, 4))
+    # delta given by its recipe (dt_raw, weight): the forward keeps it instead, the backward recomputes delta
+    dt_raw, weight = torch.randn(1, 8, 4, 3, requires_grad=True), torch.randn(4, 2, 3, requires_grad=True)
+    delta = dt_projection(dt_raw, weight).detach().requires_grad_(True)   # a leaf: opcheck runs backward often
+    recipe_args = (*args[:1], delta, *args[2:])
+    torch.library.opcheck(torch.ops.lamamba.ss2d_scan_fwd.default, (*recipe_args, 2, 4, True, dt_raw, weight))
+    torch.library.opcheck(torch.ops.lamamba.ss2d_scan_bwd.default,
+                          (torch.randn_like(ys), args[0].detach(), None, *[a.detach() for a in args[2:]], ckpt, 2, 4,
+                           dt_raw.detach(), weight.detach(), delta.dtype))
     fn = lambda *a: triton_ss2d.ss2d_scan_directions(*a, 2, 4).sum(2).square().sum()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")   # fullgraph: no graph break
     loss, ref = compiled(*args), fn(*args)

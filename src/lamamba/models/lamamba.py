@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -21,8 +20,8 @@ from lamamba.models.layers import (ClassifierFreeGuidanceMixin, LabelEmbedder, M
 from lamamba.ops.scan_paths import NUM_PATHS
 from lamamba.ops.gated_norm import gated_norm
 from lamamba.ops.ss2d_scan import ss2d_scan_directions
+from lamamba.ops.time_steps import dt_projection
 from lamamba.ops.fused_adaln import add_norm_modulate
-from lamamba.ops.recompute import recompute_in_backward
 from lamamba.ops.window_attention import attention_tables, window_attention
 
 
@@ -119,23 +118,6 @@ class LaMambaConfig:
 #                          SS2D: 2-D selective scan (VSSM)                      #
 #################################################################################
 
-def dt_projection(dt_raw: Tensor, weight: Tensor, align: Optional[int] = None) -> Tensor:
-    """Each direction's low-rank time-step projection, ``einsum("blkr,kdr->blkd", dt_raw, weight)``: (N, L, K, d).
-
-    Computed as one matrix product per sample and direction, with the rank R padded with zeros to a multiple
-    of ``align`` (default: 8 for CUDA tensors, else 1, so that FLOP counts on meta tensors stay exact; the
-    padded columns multiply zeros). The einsum reduces the weight gradient over all N * L
-    tokens in one product per direction whose operands (R = 6..80 wide) miss the 16-byte alignment that
-    tensor-core kernels need: on an H200 cuBLAS ran it in a slow fallback kernel (3.2 ms per call at
-    LaMamba-Diff-S's first stage, 16 ms of a 91 ms training step; docs/PERFORMANCE.md, session 5). The result
-    is a direction-major view; the scan reads any strides.
-    """
-    pad = -dt_raw.shape[-1] % (align or (8 if dt_raw.is_cuda else 1))
-    a = F.pad(dt_raw.transpose(1, 2), (0, pad))                                   # (N, K, L, R8)
-    w = F.pad(weight, (0, pad)).transpose(1, 2)                                   # (K, R8, d)
-    return torch.matmul(a, w).transpose(1, 2)                                     # (N, L, K, d)
-
-
 class SS2D(nn.Module):
     """VMamba's SS2D with the four spatially continuous scan paths (paper section 4.1, SPEC section 3).
 
@@ -186,10 +168,10 @@ class SS2D(nn.Module):
         x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * Ns), d)).view(Nb, H * W, K, R + 2 * Ns)
         dt_raw, Bs, Cs = x_dbl.split([R, Ns, Ns], dim=-1)                         # (N, L, K, R|N|N)
         dts = dt_projection(dt_raw, self.dt_projs_weight)                          # (N, L, K, d)
-        # the scan's backward recomputes dts from dt_raw (R/d of its size) instead of keeping them (eager mode)
-        with recompute_in_backward(dts, dt_projection, dt_raw, self.dt_projs_weight):
-            ys = ss2d_scan_directions(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
-                                      self.dt_projs_bias.float().flatten(), H, W)    # (N, L, K, d)
+        # the scan's backward recomputes dts from dt_raw (R/d of its size) instead of keeping them
+        ys = ss2d_scan_directions(x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+                                  self.dt_projs_bias.float().flatten(), H, W,
+                                  delta_from=(dt_raw, self.dt_projs_weight))           # (N, L, K, d)
         # sum over directions (fp32) -> out_norm -> * SiLU(z), fused (ops/gated_norm.py); z is read in place
         # (a view); the result has the unfused code's dtype, LayerNorm(fp32).to(u.dtype) * silu(z)
         y = gated_norm(ys, z.reshape(Nb, H * W, d), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps,

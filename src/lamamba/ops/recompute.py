@@ -2,10 +2,9 @@
 
 ``recompute_in_backward(t, fn, *args)`` is a context manager: inside it, whenever autograd saves ``t`` (the
 same storage, offset, shape, strides and dtype) for a backward, it keeps the recipe ``fn(*args)`` instead, and
-the backward recomputes ``t`` when it needs it. SS2D uses it for the scan's time steps ``delta`` (batch, L, 4,
-d): the rank-R projection that makes them (``dt_projection``) reads a tensor 1/32 of their size, so keeping its
-input and recomputing them costs one small matrix product per backward and frees the largest tensor a
-LaMamba-Diff block keeps (docs/PERFORMANCE.md, session 5).
+the backward recomputes ``t`` when it needs it. SS2D's reference scan route uses it for the time steps ``delta``
+(batch, L, 4, d; ``lamamba.ops.ss2d_scan``): the rank-R projection that makes them reads a tensor R/d their size.
+The Triton route keeps the recipe inside its custom op instead, which also holds under ``torch.compile``.
 
 ``fn`` must be deterministic and give ``t`` again from ``args`` (detached, cast to ``t``'s dtype when they are
 floating point, as autocast casts them). Eager mode only: under ``torch.compile`` the context does nothing

@@ -14,14 +14,26 @@ the paths. The scan takes everything in pixel order, channels-last, for an H x W
 ``ss2d_selective_scan`` their sum, (batch, L, d) in float32 (float64 for float64 inputs), as SS2D uses it.
 On CUDA with Triton the kernels (``lamamba.ops.triton_ss2d``) walk the paths arithmetically and never
 materialise permuted copies; elsewhere the reference gathers, calls ``selective_scan`` and scatters back.
+
+``delta`` is the largest input (K times x) and SS2D makes it from a rank-R projection (``lamamba.ops.time_steps.
+dt_projection``) of a tensor R/d its size: given ``delta_from=(dt_raw, weight)``, the backward recomputes delta
+instead of keeping it, in eager and compiled mode alike on the Triton route (the custom op keeps the recipe, so
+AOT autograd has no delta to save: session 9 found compiled steps keeping it), in eager mode on the reference route
+(``recompute_in_backward``).
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from lamamba.ops.recompute import recompute_in_backward
 from lamamba.ops.scan_paths import cross_scan, scan_paths
 from lamamba.ops.selective_scan import scan_backend, selective_scan
+from lamamba.ops.time_steps import dt_projection
+
 
 
 def ss2d_scan_directions_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
@@ -46,13 +58,20 @@ def _path_index(paths: Tensor, batch: int, channels: int) -> Tensor:
 
 
 def ss2d_scan_directions(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                         delta_bias: Tensor, H: int, W: int) -> Tensor:
-    """Each direction's scan output in pixel order, (batch, L, K, d) in x's dtype. Differentiable."""
+                         delta_bias: Tensor, H: int, W: int,
+                         delta_from: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    """Each direction's scan output in pixel order, (batch, L, K, d) in x's dtype. Differentiable.
+
+    ``delta_from``: ``(dt_raw, weight)`` with ``delta == dt_projection(dt_raw, weight)``; the backward recomputes
+    delta from them instead of keeping it (module docstring). Gradients still flow to delta (and from there to
+    whatever made it): the pair is only a recipe.
+    """
     _check(x, delta, A, B, C, D, delta_bias, H, W)
     if scan_backend(x.device) == "triton":
         from lamamba.ops import triton_ss2d
-        return triton_ss2d.ss2d_scan_directions(x, delta, A, B, C, D, delta_bias, H, W)
-    return ss2d_scan_directions_reference(x, delta, A, B, C, D, delta_bias, H, W)
+        return triton_ss2d.ss2d_scan_directions(x, delta, A, B, C, D, delta_bias, H, W, delta_from)
+    with recompute_in_backward(delta, dt_projection, *delta_from) if delta_from else contextlib.nullcontext():
+        return ss2d_scan_directions_reference(x, delta, A, B, C, D, delta_bias, H, W)
 
 
 def ss2d_selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,

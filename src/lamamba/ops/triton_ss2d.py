@@ -17,12 +17,14 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
 from torch import Tensor
 
 from lamamba.ops import triton_ss2d_kernels as kernels
+from lamamba.ops.time_steps import dt_projection
 from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, sm_count, tl_dtype,
                                        unit_channel_stride)
 
@@ -157,8 +159,11 @@ def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Te
 
 @torch.library.custom_op("lamamba::ss2d_scan_fwd", mutates_args=())
 def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
-         H: int, W: int, save_states: bool) -> tuple[Tensor, Tensor]:
-    """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward."""
+         H: int, W: int, save_states: bool, dt_raw: Optional[Tensor] = None,
+         dt_weight: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward.
+    ``dt_raw``, ``dt_weight``: delta's recipe (``delta == dt_projection(dt_raw, dt_weight)``), kept for the backward
+    instead of delta; the forward does not read them."""
     (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     ys = x.new_empty((x.shape[0], H * W, K, x.shape[2]))
     ckpt = x.new_empty((x.shape[0], K, plan.n_tiles, plan.d, plan.N) if save_states else (0,), dtype=acc)
@@ -173,16 +178,29 @@ def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, d
 
 
 @_fwd.register_fake
-def _(x, delta, A, B, C, D, delta_bias, H, W, save_states):
+def _(x, delta, A, B, C, D, delta_bias, H, W, save_states, dt_raw=None, dt_weight=None):
     plan_tiles = triton.cdiv(H * W, launch_config().block_t)
     shape = (x.shape[0], K, plan_tiles, x.shape[2], A.shape[1]) if save_states else (0,)
     return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=accumulation_dtype(x.dtype))
 
 
+def _delta(delta: Optional[Tensor], dt_raw: Optional[Tensor], dt_weight: Optional[Tensor],
+           dtype: Optional[torch.dtype]) -> Tensor:
+    """delta itself, or recomputed from its recipe as the forward's autocast made it (the projection in its dtype)."""
+    if delta is not None:
+        return delta
+    with torch.no_grad(), torch.autocast(dt_raw.device.type, enabled=False):
+        return dt_projection(dt_raw.to(dtype), dt_weight.to(dtype))
+
+
 @torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
-def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-         delta_bias: Tensor, ckpt: Tensor, H: int, W: int) -> list[Tensor]:
-    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes."""
+def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+         delta_bias: Tensor, ckpt: Tensor, H: int, W: int, dt_raw: Optional[Tensor] = None,
+         dt_weight: Optional[Tensor] = None, delta_dtype: Optional[torch.dtype] = None) -> list[Tensor]:
+    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes. Without ``delta``, it
+    is recomputed from ``dt_raw`` and ``dt_weight`` here, inside the op: recomputed in the autograd formula instead,
+    AOT autograd would merge it with the forward's projection (common subexpressions) and keep delta after all."""
+    delta = _delta(delta, dt_raw, dt_weight, delta_dtype)
     (x, delta, A, B, C, D, delta_bias), plan, acc = _prepare(x, delta, A, B, C, D, delta_bias, H, W)
     dys = unit_channel_stride(dys)
     batch, L, d = x.shape
@@ -205,33 +223,39 @@ def _bwd(dys: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 
 @_bwd.register_fake
-def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W):
+def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W, dt_raw=None, dt_weight=None, delta_dtype=None):
+    delta = _delta(delta, dt_raw, dt_weight, delta_dtype)
     ddelta = torch.empty_like(unit_channel_stride(delta))  # delta's layout, as the kernel writes it (often K-major)
     return [x.new_empty(x.shape), ddelta, A.new_empty(A.shape), B.new_empty(B.shape),
             C.new_empty(C.shape), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, delta, A, B, C, D, delta_bias, H, W, _ = inputs
-    ctx.H, ctx.W = H, W
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[1])
+    x, delta, A, B, C, D, delta_bias, H, W, _, dt_raw, dt_weight = inputs
+    ctx.H, ctx.W, ctx.recompute, ctx.delta_dtype = H, W, dt_raw is not None, delta.dtype
+    # delta (K times x's size) or, given, its recipe: the inputs of the rank-R projection that made it
+    kept = (dt_raw, dt_weight) if ctx.recompute else (delta,)
+    ctx.save_for_backward(x, A, B, C, D, delta_bias, output[1], *kept)
 
 
 def _backward(ctx, dys, dckpt):
-    x, delta, A, B, C, D, delta_bias, ckpt = ctx.saved_tensors
-    grads = _bwd(dys, x, delta, A, B, C, D, delta_bias, ckpt, ctx.H, ctx.W)
-    return (*grads, None, None, None)
+    x, A, B, C, D, delta_bias, ckpt, *kept = ctx.saved_tensors
+    delta, dt_raw, dt_weight = (None, *kept) if ctx.recompute else (*kept, None, None)
+    grads = _bwd(dys, x, delta, A, B, C, D, delta_bias, ckpt, ctx.H, ctx.W, dt_raw, dt_weight, ctx.delta_dtype)
+    return (*grads, None, None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ss2d_scan_directions(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                         delta_bias: Tensor, H: int, W: int) -> Tensor:
-    """Per-direction SS2D scan outputs (batch, L, 4, d) in x's dtype (shapes in ``lamamba.ops.ss2d_scan``).
+                         delta_bias: Tensor, H: int, W: int,
+                         delta_from: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    """Per-direction SS2D scan outputs (batch, L, 4, d) in x's dtype (shapes and ``delta_from`` in
+    ``lamamba.ops.ss2d_scan``).
 
     The tile-start states are kept for the backward only when a gradient can be needed.
     """
     save_states = grad_needed(x, delta, A, B, C, D, delta_bias)
-    ys, _ = _fwd(x, delta, A, B, C, D, delta_bias, H, W, save_states)
+    ys, _ = _fwd(x, delta, A, B, C, D, delta_bias, H, W, save_states, *(delta_from or (None, None)))
     return ys
