@@ -343,16 +343,13 @@ class Trainer:
         if not self.compiled or self.config.compile is not None:
             return self.train_step(batches)
         micro = [next(batches) for _ in range(self.config.grad_accum)]
-        cuda = self.env.device.type == "cuda"
-        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.env.device) if cuda else None  # label dropout
+        rng = capture_rng_state(self.env.device)                 # e.g. the label dropout's draws
         try:
             return self.train_step(iter(micro))
         except COMPILE_ERRORS as error:
             self.log.warning("compiling failed (%s); training without torch.compile instead (--no-compile skips "
                              "compiling)", compile_error_line(error))
-            torch.set_rng_state(rng[0])
-            if cuda:
-                torch.cuda.set_rng_state(rng[1], self.env.device)
+            restore_rng_state(rng, self.env.device)
             self.optimizer.zero_grad(set_to_none=True)
             uncompile(self.model)
             uncompile(self.ema.model)
