@@ -207,9 +207,16 @@ def test_custom_ops_pass_opcheck_and_compile_to_one_graph():
 
 
 def test_meta_tensors_give_shapes():
+    """Forward and backward on meta tensors (tracing, FLOP counts), delta kept or given by its recipe."""
     inp = {k: v.to("meta") for k, v in ss2d_inputs(2, 4, 6, 3, 2).items()}
     ys = triton_ss2d.ss2d_scan_directions(*[inp[k] for k in NAMES], 4, 6)
     assert ys.shape == (2, 24, 4, 3) and ys.dtype == torch.float64
+    dt_raw, weight = torch.empty(2, 24, 4, 5, device="meta", dtype=torch.float64), torch.empty(4, 3, 5, device="meta")
+    rest = [inp[k] for k in NAMES[2:]]
+    ckpt = torch.empty(0, device="meta")
+    for delta, recipe in ((inp["delta"], (None, None, None)), (None, (dt_raw, weight, torch.float64))):
+        grads = torch.ops.lamamba.ss2d_scan_bwd(ys, inp["x"], delta, *rest, ckpt, 4, 6, *recipe)
+        assert [tuple(g.shape) for g in grads[:2]] == [(2, 24, 3), (2, 24, 4, 3)]   # dx, ddelta
 
 
 @pytest.mark.parametrize("name,shape,msg", [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -189,7 +190,8 @@ def _delta(delta: Optional[Tensor], dt_raw: Optional[Tensor], dt_weight: Optiona
     """delta itself, or recomputed from its recipe as the forward's autocast made it (the projection in its dtype)."""
     if delta is not None:
         return delta
-    with torch.no_grad(), torch.autocast(dt_raw.device.type, enabled=False):
+    device = dt_raw.device.type                      # meta tensors (tracing, FLOP counts) have no autocast
+    with torch.no_grad(), torch.autocast(device, enabled=False) if device in ("cuda", "cpu") else nullcontext():
         return dt_projection(dt_raw.to(dtype), dt_weight.to(dtype))
 
 
