@@ -35,7 +35,6 @@ from lamamba.ops.selective_scan import scan_backend, selective_scan
 from lamamba.ops.time_steps import dt_projection
 
 
-
 def ss2d_scan_directions_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
                                    delta_bias: Tensor, H: int, W: int) -> Tensor:
     """Gather along each path, scan all directions as K*d channels, put each direction back in pixel order."""
