@@ -21,7 +21,8 @@ bench() {  # TREE NAME ARGS...: lamamba bench from src/ (new) or $BASE/src (base
 }
 ( export CUDA_VISIBLE_DEVICES=0 LAMAMBA_CACHE_DIR=/tmp/cache0
   timeout 240 python3 -m pytest -q -p no:warnings --tb=short tests/ops/test_fused_adaln.py tests/ops/test_triton_ss2d.py \
-    tests/ops/test_kernel_route_model.py tests/ops/test_gated_norm.py 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
+    tests/ops/test_kernel_route_model.py tests/ops/test_gated_norm.py tests/ops/test_recompute.py 2>&1 | tail -12 \
+    > "$OUT/gpu-tests.txt"
   timeout "$(left)" python3 benchmarks/scan_launch_sweep.py --variants "${SWEEP[@]}" > "$OUT/sweep.txt" 2>&1
   echo "== base tree" >> "$OUT/sweep.txt"
   PYTHONPATH=$BASE/src timeout "$(left)" python3 benchmarks/scan_launch_sweep.py --variants "" >> "$OUT/sweep.txt" 2>&1
