@@ -172,6 +172,32 @@ def test_a_default_compilation_that_fails_falls_back_to_eager(tmp_path, train_ti
     torch._dynamo.reset()
 
 
+def test_a_default_compilation_of_the_ema_that_fails_samples_grids_eagerly(tmp_path, train_tiny, monkeypatch):
+    """Regional scope compiles the EMA's blocks too, which compile at the first sample grid: if that fails (and
+    compiling was the default), one warning and the grid is sampled eagerly; training goes on."""
+    import lamamba.training.loop as loop
+    from lamamba.models.compile import compile_model
+
+    def fail(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    calls = []
+
+    def compile_ema_failing(model, *args, **kwargs):  # the trained model's graphs run eager, the EMA's fail
+        calls.append(model)
+        return compile_model(model, *args, backend="eager" if len(calls) == 1 else fail, **kwargs)
+
+    monkeypatch.setattr(loop, "resolve_compile", lambda requested, device, warn=None: True)
+    monkeypatch.setattr(loop, "compile_model", compile_ema_failing)
+    run = tmp_path / "run"
+    assert train_tiny(run, "--max-steps", 2, "--compile-scope", "regional", "--sample-every", 1, "--sample-num", 2,
+                      "--sample-steps", 1) == 0
+    log = (run / "log.txt").read_text()
+    assert "compiling the EMA model for sample grids failed (BackendCompilerFailed (RuntimeError: no C++" in log
+    assert (run / "samples" / "0000001.png").is_file() and (run / "samples" / "0000002.png").is_file()
+    torch._dynamo.reset()
+
+
 def test_noise_offset_adds_one_draw_per_sample_and_channel(tmp_path, train_tiny, monkeypatch):
     """--noise-offset a: the training noise is the run's usual draw plus a x one N(0, 1) per sample and channel,
     drawn after it from the same generator (so --noise-offset 0 keeps the paper's noise and random stream)."""

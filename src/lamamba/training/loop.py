@@ -24,6 +24,7 @@ latent noise are seeded per item by the loader (``data/loader.py``), so workers 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -422,11 +423,20 @@ class Trainer:
         labels, images = self.grid_labels(), []
         for start in range(0, cfg.sample_num, self.per_rank_batch):
             idx = range(start, min(start + self.per_rank_batch, cfg.sample_num))
-            z = generate(self.ema.model, self.diffusion, indices=idx,
-                         labels=None if labels is None else labels[start:idx.stop], seed=cfg.seed,
-                         sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
-                         device=self.env.device, autocast_dtype=self.autocast_dtype,
-                         clip_denoised=clip_default(self.data.info))
+            draw = functools.partial(
+                generate, self.ema.model, self.diffusion, indices=idx,
+                labels=None if labels is None else labels[start:idx.stop], seed=cfg.seed, sampler=cfg.sample_sampler,
+                steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg, device=self.env.device,
+                autocast_dtype=self.autocast_dtype, clip_denoised=clip_default(self.data.info))
+            try:
+                z = draw()
+            except COMPILE_ERRORS as error:  # the EMA's blocks (regional scope) compile at the first grid
+                if self.config.compile is not None:                # asked for: exit code 4 (lamamba.cli)
+                    raise
+                self.log.warning("compiling the EMA model for sample grids failed (%s); sampling them without "
+                                 "torch.compile instead", compile_error_line(error))
+                uncompile(self.ema.model)
+                z = draw()
             images.append(to_uint8(decode(z)))
         k = self.data.info["num_classes"]
         nrow = k if 0 < k <= 16 and cfg.sample_num % k == 0 else None
