@@ -34,7 +34,8 @@ VARIANTS = ["", "max_block_d=16", "max_block_d=8", "bwd_num_warps=2,max_block_d=
             "bwd_num_stages=2", "programs_per_sm=32", "max_block_d=16,programs_per_sm=32"]
 
 
-def _parse(spec: str) -> dict[str, int]:
+def parse_overrides(spec: str) -> dict[str, int]:
+    """``"field=int,field=int"`` -> {field: int} ('' -> {}): a launch variant of the sweeps."""
     return {k.strip(): int(v) for k, v in (item.split("=") for item in spec.split(",") if item.strip())}
 
 
@@ -54,7 +55,7 @@ def main() -> None:
         dys = torch.randn(batch, side * side, K, d, device="cuda", dtype=torch.bfloat16)
         reference = None
         for spec in args.variants:
-            triton_ss2d.SS2D_LAUNCH = dataclasses.replace(default, **_parse(spec))
+            triton_ss2d.SS2D_LAUNCH = dataclasses.replace(default, **parse_overrides(spec))
             try:
                 ys, ckpt = torch.ops.lamamba.ss2d_scan_fwd(*args_fwd, True)
                 grads = torch.ops.lamamba.ss2d_scan_bwd(dys, *args_fwd[:7], ckpt, side, side)
