@@ -366,8 +366,8 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 def run(args: argparse.Namespace) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
-    from lamamba.models.compile import (COMPILE_ERRORS, compile_error_line, compile_for_sampling, release_compiled,
-                                        resolve_cuda_graphs, resolve_sampling_compile, uncompile)
+    from lamamba.models.compile import (compile_for_sampling, release_compiled, resolve_cuda_graphs,
+                                        resolve_sampling_compile, run_or_fall_back, uncompile)
     from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
@@ -412,6 +412,13 @@ def run(args: argparse.Namespace) -> int:
         shard = np.lib.format.open_memmap(shard_dir / f"rank-{env.rank:05d}.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(mine), side, side, channels))
         bar = tqdm(total=len(mine), unit="img", desc="sampling", disable=not (args.progress and env.is_main))
+
+        def uncompiled() -> None:
+            nonlocal compiled
+            uncompile(model)
+            release_compiled()
+            compiled = False
+
         for start in range(0, len(mine), args.batch_size):
             batch = mine[start:start + args.batch_size]
             # compiled graphs are per batch size: rather than compiling again for the last, smaller batch, fill it
@@ -423,17 +430,10 @@ def run(args: argparse.Namespace) -> int:
                 guided_channels=args.guided_channels, device=env.device,
                 autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
                 clip_denoised=args.clip_denoised, center_noise=args.center_noise)
-            try:
-                z = draw()[:len(batch)]
-            except COMPILE_ERRORS as error:  # the first batch compiles: a default compilation falls back to eager
-                if not (compiled and args.compile is None and start == 0):
-                    raise
-                print(f"compiling failed ({compile_error_line(error)}); sampling without torch.compile instead "
-                      "(--no-compile skips compiling)", file=sys.stderr)
-                uncompile(model)
-                release_compiled()
-                compiled = False
-                z = draw()[:len(batch)]
+            z = run_or_fall_back(  # the first batch compiles: a default compilation falls back to eager
+                draw, allowed=compiled and args.compile is None and start == 0, undo=uncompiled,
+                warn=lambda reason: print(f"compiling failed ({reason}); sampling without torch.compile instead "
+                                          "(--no-compile skips compiling)", file=sys.stderr))[:len(batch)]
             images = to_uint8(decode(z))
             shard[start:start + len(batch)] = images
             if args.save_images:

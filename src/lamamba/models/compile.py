@@ -50,8 +50,8 @@ from lamamba.models.lamamba import LaMambaBlock
 
 __all__ = ["COMPILED_BLOCKS", "COMPILE_ERRORS", "SAMPLING_COMPILE_MIN_EVALUATIONS", "SCOPES", "cache_counts",
            "compile_error_line", "compile_for_sampling", "compile_model", "describe_cache", "inductor_cache_dir",
-           "release_compiled", "resolve_compile", "resolve_cuda_graphs", "resolve_sampling_compile", "uncompile",
-           "use_persistent_cache"]
+           "release_compiled", "resolve_compile", "resolve_cuda_graphs", "resolve_sampling_compile", "run_or_fall_back",
+           "uncompile", "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
@@ -236,6 +236,21 @@ def uncompile(model: nn.Module) -> None:
     for module in model.modules():
         if "forward" in vars(module):
             del module.forward
+
+
+def run_or_fall_back(call: Callable[[], Any], *, allowed: bool, warn: Callable[[str], Any],
+                     undo: Callable[[], Any]) -> Any:
+    """``call()``, the first call of something compiled; if compiling fails and falling back is ``allowed`` (the
+    compilation was a default, not asked for): ``warn(reason in one line)``, ``undo()`` (e.g. :func:`uncompile`),
+    then ``call()`` again. Otherwise the error propagates (``lamamba.cli``: exit code 4)."""
+    try:
+        return call()
+    except COMPILE_ERRORS as error:
+        if not allowed:
+            raise
+        warn(compile_error_line(error))
+        undo()
+        return call()
 
 
 def compile_error_line(error: BaseException) -> str:

@@ -43,8 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
-from lamamba.models.compile import (COMPILE_ERRORS, cache_counts, compile_error_line, describe_cache, release_compiled,
-                                    resolve_compile, resolve_cuda_graphs, uncompile)
+from lamamba.models.compile import (cache_counts, describe_cache, release_compiled, resolve_compile,
+                                    resolve_cuda_graphs, run_or_fall_back, uncompile)
 from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
@@ -345,18 +345,19 @@ class Trainer:
             return self.train_step(batches)
         micro = [next(batches) for _ in range(self.config.grad_accum)]
         rng = capture_rng_state(self.env.device)                 # e.g. the label dropout's draws
-        try:
-            return self.train_step(iter(micro))
-        except COMPILE_ERRORS as error:
-            self.log.warning("compiling failed (%s); training without torch.compile instead (--no-compile skips "
-                             "compiling)", compile_error_line(error))
+
+        def undo() -> None:
             restore_rng_state(rng, self.env.device)
             self.optimizer.zero_grad(set_to_none=True)
             uncompile(self.model)
             uncompile(self.ema.model)
             release_compiled()
             self.net, self.compiled, self.cuda_graphs = self._eager_net, False, False
-            return self.train_step(iter(micro))
+
+        return run_or_fall_back(
+            lambda: self.train_step(iter(micro)), allowed=True, undo=undo,
+            warn=lambda reason: self.log.warning("compiling failed (%s); training without torch.compile instead "
+                                                 "(--no-compile skips compiling)", reason))
 
     def _log_first_step(self, elapsed: float, cache_before: dict[str, int]) -> None:
         """Time to the first step, which compiles: cold (Inductor cache misses) or warm (hits only)."""
@@ -428,15 +429,11 @@ class Trainer:
                 labels=None if labels is None else labels[start:idx.stop], seed=cfg.seed, sampler=cfg.sample_sampler,
                 steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg, device=self.env.device,
                 autocast_dtype=self.autocast_dtype, clip_denoised=clip_default(self.data.info))
-            try:
-                z = draw()
-            except COMPILE_ERRORS as error:  # the EMA's blocks (regional scope) compile at the first grid
-                if self.config.compile is not None:                # asked for: exit code 4 (lamamba.cli)
-                    raise
-                self.log.warning("compiling the EMA model for sample grids failed (%s); sampling them without "
-                                 "torch.compile instead", compile_error_line(error))
-                uncompile(self.ema.model)
-                z = draw()
+            # the EMA's blocks (regional scope) compile at the first grid
+            z = run_or_fall_back(
+                draw, allowed=self.config.compile is None, undo=lambda: uncompile(self.ema.model),
+                warn=lambda reason: self.log.warning("compiling the EMA model for sample grids failed (%s); "
+                                                     "sampling them without torch.compile instead", reason))
             images.append(to_uint8(decode(z)))
         k = self.data.info["num_classes"]
         nrow = k if 0 < k <= 16 and cfg.sample_num % k == 0 else None
