@@ -3,14 +3,14 @@
 # src` of the tree before the change; carry it), in one call on nvidia-h200-x2 (~9 min). Output in $OUT.
 #   GPU 0: the GPU tests of the kernels; benchmarks/scan_launch_sweep.py (kernel GPU time in CUDA graphs) for the
 #          working tree under the launches in SWEEP and the base tree under its default; then LaMamba-Diff-XL
-#          (256 px, batch 64) compiled with CUDA graphs, as time allows.
+#          (256 px, batch 64) compiled with CUDA graphs, then DiT-XL/2, as time allows.
 #   GPU 1: lamamba bench, LaMamba-Diff-S at 32 px batch 128 compiled with CUDA graphs, new / base / new, then DiT-S/2.
 # Session 8 compared the leaner AdaLN/SS2D backward with BASE=.carry/base8; session 9 the 2D scan tiles.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"   # left()
 BASE=${BASE:-.carry/base9}
-SWEEP=("" fast_math=0 max_block_d=16 block_t=8)   # launches of the working tree (session 9, call 3)
+SWEEP=(${SWEEP:-""})   # launches of the working tree (session 9 swept fast_math=0 max_block_d=16 block_t=8)
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
 bench() {  # TREE NAME ARGS...: lamamba bench from src/ (new) or $BASE/src (base), rows to $OUT/bench-GPU.txt
@@ -26,7 +26,8 @@ bench() {  # TREE NAME ARGS...: lamamba bench from src/ (new) or $BASE/src (base
   timeout "$(left)" python3 benchmarks/scan_launch_sweep.py --variants "${SWEEP[@]}" > "$OUT/sweep.txt" 2>&1
   echo "== base tree" >> "$OUT/sweep.txt"
   PYTHONPATH=$BASE/src timeout "$(left)" python3 benchmarks/scan_launch_sweep.py --variants "" >> "$OUT/sweep.txt" 2>&1
-  bench new XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64 ) &
+  bench new XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64
+  bench new DiT-XL --model DiT-XL/2 --image-size 256 --batch-size 64 ) &
 ( export CUDA_VISIBLE_DEVICES=1 LAMAMBA_CACHE_DIR=/tmp/cache1
   for tree in new base new; do bench $tree S --preset fashion-mnist --model LaMamba-Diff-S; done
   bench new DiT-S --preset fashion-mnist --model DiT-S/2 ) &
