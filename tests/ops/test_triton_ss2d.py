@@ -216,7 +216,7 @@ def test_meta_tensors_give_shapes():
     ckpt = torch.empty(0, device="meta")
     for delta, recipe in ((inp["delta"], (None, None, None)), (None, (dt_raw, weight, torch.float64))):
         grads = torch.ops.lamamba.ss2d_scan_bwd(ys, inp["x"], delta, *rest, ckpt, 4, 6, *recipe)
-        assert [tuple(g.shape) for g in grads[:2]] == [(2, 24, 3), (2, 24, 4, 3)]   # dx, ddelta
+        assert [tuple(g.shape) for g in grads[:2]] == [(2, 24, 4, 3), (2, 24, 4, 3)]   # dx per direction, ddelta
 
 
 @pytest.mark.parametrize("name,shape,msg", [

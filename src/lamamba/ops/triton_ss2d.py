@@ -199,7 +199,9 @@ def _delta(delta: Optional[Tensor], dt_raw: Optional[Tensor], dt_weight: Optiona
 def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int, dt_raw: Optional[Tensor] = None,
          dt_weight: Optional[Tensor] = None, delta_dtype: Optional[torch.dtype] = None) -> list[Tensor]:
-    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes. Without ``delta``, it
+    """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes, but x's per direction
+    (batch, L, 4, d): the autograd formula sums them, where a compiled graph fuses the sum into the next operation
+    (the x projection's gradient is added to it). Without ``delta``, it
     is recomputed from ``dt_raw`` and ``dt_weight`` here, inside the op: recomputed in the autograd formula instead,
     AOT autograd would merge it with the forward's projection (common subexpressions) and keep delta after all."""
     delta = _delta(delta, dt_raw, dt_weight, delta_dtype)
@@ -220,7 +222,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, 
     if plan.n_chunks > 1:
         kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, **meta)
     kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, **meta)
-    return [dxs.sum(2, dtype=acc).to(x.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
+    return [dxs, ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
             dC.sum(0).to(C.dtype), dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
 
@@ -228,7 +230,7 @@ def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, 
 def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W, dt_raw=None, dt_weight=None, delta_dtype=None):
     delta = _delta(delta, dt_raw, dt_weight, delta_dtype)
     ddelta = torch.empty_like(unit_channel_stride(delta))  # delta's layout, as the kernel writes it (often K-major)
-    return [x.new_empty(x.shape), ddelta, A.new_empty(A.shape), B.new_empty(B.shape),
+    return [x.new_empty((x.shape[0], x.shape[1], K, x.shape[2])), ddelta, A.new_empty(A.shape), B.new_empty(B.shape),
             C.new_empty(C.shape), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape)]
 
 
@@ -243,8 +245,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dys, dckpt):
     x, A, B, C, D, delta_bias, ckpt, *kept = ctx.saved_tensors
     delta, dt_raw, dt_weight = (None, *kept) if ctx.recompute else (*kept, None, None)
-    grads = _bwd(dys, x, delta, A, B, C, D, delta_bias, ckpt, ctx.H, ctx.W, dt_raw, dt_weight, ctx.delta_dtype)
-    return (*grads, None, None, None, None, None)
+    dxs, *grads = _bwd(dys, x, delta, A, B, C, D, delta_bias, ckpt, ctx.H, ctx.W, dt_raw, dt_weight, ctx.delta_dtype)
+    # sum(2) accumulates half types in float32 and rounds once, like sum(2, dtype=float32).to(x.dtype) but without
+    # that form's float32 copy of all of dxs (2x its bytes, written and read again; session 10 in PERFORMANCE.md)
+    return (dxs.sum(2), *grads, None, None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
