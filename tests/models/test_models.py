@@ -269,7 +269,7 @@ def test_decoder_depths_follow_the_released_rule():
 
 @pytest.mark.parametrize("rank,align", [(1, 8), (3, 8), (6, 8), (8, 8), (20, 8), (6, None)])
 def test_dt_projection_is_the_per_direction_einsum(rank, align):
-    """The padded per-sample product equals the einsum it replaces, values and both gradients (float64)."""
+    """The padded per-direction product equals the einsum it replaces, values and both gradients (float64)."""
     from lamamba.models.lamamba import dt_projection
 
     g = torch.Generator().manual_seed(rank)

@@ -173,7 +173,7 @@ def ss2d_fwd_kernel(
             h = P * h + E
     P_acc = tl.full([BLOCK_D, BLOCK_N], 1.0, ACC)
     x_b = x_ptr + b * sx_b                       # 64-bit bases per batch element, 32-bit offsets within it
-    dt_b = dt_ptr + b * sd_b + k * sd_k
+    dt_b = dt_ptr + b * sd_b + k.to(tl.int64) * sd_k  # delta may be direction-major: 64-bit direction offset
     B_b, C_b = B_ptr + b * sB_b + k * sB_k, C_ptr + b * sB_b + k * sB_k
     y_b = y_ptr + b * sy_b + k * sy_k
     cs, bn = ch[None, :], ns[None, :] * sB_n
@@ -248,7 +248,8 @@ def ss2d_bwd_kernel(
     dD = tl.zeros([BLOCK_D], ACC)
     dbias = tl.zeros([BLOCK_D], ACC)
     x_b = x_ptr + b * sx_b                       # 64-bit bases per batch element, 32-bit offsets within it
-    dt_b, ddt_b = dt_ptr + b * sd_b + k * sd_k, ddt_ptr + b * sd_b + k * sd_k
+    dt_off = b * sd_b + k.to(tl.int64) * sd_k                           # delta may be direction-major
+    dt_b, ddt_b = dt_ptr + dt_off, ddt_ptr + dt_off
     B_b, C_b = B_ptr + b * sB_b + k * sB_k, C_ptr + b * sB_b + k * sB_k
     dy_b = dy_ptr + b * sy_b + k * sy_k
     dx_b = dx_ptr + b * sg_b + k * sg_k
