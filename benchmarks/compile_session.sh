@@ -1,39 +1,37 @@
 #!/usr/bin/env bash
-# Issue 11, built without a GPU: what a GPU session must measure. One card, one call; results under $OUT.
-#   device: bash benchmarks/compile_session.sh            (~25 minutes: split it over calls by PART=1..4)
-# Part 4's training runs need, carried: .carry/fashion-mnist (the IDX files), as benchmarks/fashion_mnist_gpu.sh.
-# 1. LaMamba-Diff-XL compile, 256 px batch 64: regional (default) and whole-model, cold (empty cache) and warm
-#    (after torch._dynamo.reset(); a second process's warm start is step 2). Targets: <= 60 s cold, <= 15 s warm.
-# 2. The same regional command again in a new process on the cache step 1 wrote: the warm start users get.
-# 3. The small-model setting (Fashion-MNIST: 32x32, 1 channel, batch 128): LaMamba-Diff-S vs DiT-S/2, eager,
-#    regional and whole-model with CUDA graphs. Targets: training >= 0.8x, sampling >= 1.0x, memory <= 1.0x.
-# 4. LaMamba-Diff-XL vs DiT-XL/2 at 256 px, both compiled (sampling forward target >= 1.5x), and the training
-#    log's time to the first step, cold then warm, with images/s and MFU.
+# Issue 11: the compile scopes with CUDA graphs, cold and warm, in one call on nvidia-h200-x2 (~9 min); output in $OUT.
+#   GPU 0: the GPU tests of compiled sampling (the captured forward, lamamba sample --compile --cuda-graphs); then
+#          LaMamba-Diff-XL (256 px, batch 64): regional + CUDA graphs in an empty cache (cold), the same in a second
+#          process (the warm start users get), whole-model + CUDA graphs in another empty cache.
+#   GPU 1: LaMamba-Diff-S (32 px, batch 128) the same three runs, then DiT-S/2 and DiT-XL/2 whole-model + CUDA graphs.
+# Training steps compile with the scope given; sampling forwards as lamamba sample does (compile_for_sampling: regional
+# = blocks compiled, the whole forward captured as one CUDA graph). Both GPUs' processes compile at the same time on
+# one host, so cold compile times are upper bounds.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-export LAMAMBA_CACHE_DIR=/tmp/lamamba-compile-cache   # emptied by part 1: its first compile is cold
-export LAMAMBA_FASHION_MNIST=$PWD/.carry/fashion-mnist
-bench() { timeout 580 python3 -m lamamba.cli bench --steps 10 --warmup 3 "$@" 2>&1 | tee -a "$OUT/bench.txt"; }
-part() { [ -z "${PART:-}" ] || [ "${PART}" = "$1" ]; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-if part 1; then
-  rm -rf "$LAMAMBA_CACHE_DIR"
-  bench --model LaMamba-Diff-XL --compile all --fresh-cache --out "$OUT/xl_regional.json"
-  bench --model LaMamba-Diff-XL --compile all --compile-scope full --fresh-cache --out "$OUT/xl_full.json"
-fi
-if part 2; then
-  bench --model LaMamba-Diff-XL --compile all --out "$OUT/xl_regional_warm.json"
-fi
-if part 3; then
-  bench --preset fashion-mnist --compile all --steps 20 --warmup 5 --out "$OUT/fm_regional.json"
-  bench --preset fashion-mnist --compile all --compile-scope full --cuda-graphs --steps 20 --warmup 5 \
-    --out "$OUT/fm_full_cudagraphs.json"
-  bench --preset fashion-mnist --compile all --cuda-graphs --steps 20 --warmup 5 --out "$OUT/fm_regional_cg.json"
-fi
-if part 4; then
-  bench --model LaMamba-Diff-XL --model DiT-XL/2 --compile all --out "$OUT/xl_vs_dit.json"
-  for run in cold warm; do
-    timeout 300 python3 -m lamamba.cli train --data fashion-mnist --max-steps 300 --log-every 100 --sample-num 0 \
-      --no-tensorboard --resume never --results-dir "$OUT/runs" 2>&1 | grep -E "first step|img/s" | tee -a "$OUT/train.txt"
-  done
-fi
+source "$(dirname "$0")/experiment_variants.sh"   # left()
+log=$OUT/log.txt
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
+bench() {  # LABEL CACHE ARGS...: lamamba bench, every model compiled with CUDA graphs, into $OUT/bench-GPU.txt
+  local label=$1 cache=$2; shift 2
+  echo "== $label" >> "$OUT/bench-$CUDA_VISIBLE_DEVICES.txt"
+  LAMAMBA_CACHE_DIR=$cache timeout "$(left)" python3 -m lamamba.cli bench --compile only --cuda-graphs --steps 20 \
+    --warmup 5 "$@" 2>&1 | grep -v Warning | tail -7 >> "$OUT/bench-$CUDA_VISIBLE_DEVICES.txt"
+}
+scopes() {  # NAME ARGS...: regional cold, regional in a new process (warm), whole model cold
+  local name=$1; shift
+  bench "$name regional, cold" "/tmp/c-$name-regional" --compile-scope regional "$@"
+  bench "$name regional, new process" "/tmp/c-$name-regional" --compile-scope regional "$@"
+  bench "$name full, cold" "/tmp/c-$name-full" --compile-scope full "$@"
+}
+( export CUDA_VISIBLE_DEVICES=0
+  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -p no:warnings --tb=short tests/models/test_capture.py \
+    tests/models/test_compile.py tests/sampling/test_sample_cli.py 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
+  scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64 ) &
+( export CUDA_VISIBLE_DEVICES=1
+  scopes S --preset fashion-mnist --model LaMamba-Diff-S
+  bench "DiT-S/2 full, cold" /tmp/c-dit-s --compile-scope full --preset fashion-mnist --model DiT-S/2
+  bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64 ) &
+wait
+for f in gpu-tests bench-1 bench-0; do echo "== $f" >> "$log"; cat "$OUT/$f.txt" >> "$log" 2>/dev/null; done
+cat "$log"

@@ -60,12 +60,27 @@ def test_compiled_row_reports_compile_times(monkeypatch):
     import torch
 
     import lamamba.bench
-    from lamamba.models.compile import compile_model
+    from lamamba.models.compile import compile_for_sampling, compile_model
 
-    monkeypatch.setattr(lamamba.bench, "compile_model", functools.partial(compile_model, backend="eager"))
+    for name, fn in (("compile_model", compile_model), ("compile_for_sampling", compile_for_sampling)):
+        monkeypatch.setattr(lamamba.bench, name, functools.partial(fn, backend="eager"))
     r = bench_model("DiT-S/8", image_size=16, batch_size=2, device=torch.device("cpu"), precision="fp32",
                     compile=True, steps=1, warmup=0, latent_downsample=1, in_channels=1, num_classes=10,
                     hidden_size=16, depth=2, num_heads=2)
     assert r["scope"] == "regional" and not r["cuda_graphs"]
-    assert {"compile_s", "warm_compile_s", "compile_cache", "warm_compile_cache"} <= set(r)
+    assert {"compile_s", "warm_compile_s", "compile_cache", "warm_compile_cache", "compile_train_s",
+            "compile_sample_s"} <= set(r)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode,expected", [("none", [False, False]), ("auto", [False, False, True]),
+                                           ("all", [False, True, False, True]), ("only", [True, True])])
+def test_compile_choice_picks_the_rows(monkeypatch, mode, expected):
+    import lamamba.bench
+
+    calls = []
+    monkeypatch.setattr(lamamba.bench, "bench_model", lambda name, **kw: calls.append(kw["compile"]) or {})
+    monkeypatch.setattr(lamamba.bench, "format_table", lambda rows, env: "")
+    assert main(["bench", "--model", "LaMamba-Diff-S", "--model", "DiT-S/2", "--device", "cpu",
+                 "--compile", mode]) == 0
+    assert calls == expected

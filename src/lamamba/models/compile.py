@@ -31,9 +31,8 @@ faster than eager with the same losses (session 6), and LaMamba-Diff-XL (256 px,
 docs/PERFORMANCE.md). Multi-process (DDP) training keeps them off unless asked for (not measured).
 
 ``lamamba sample`` compiles by default on CUDA for jobs of a million network evaluations or more
-(:func:`resolve_sampling_compile`), and then compiles the whole forward and replays it as a CUDA graph
-(:func:`compile_for_sampling`); regional compilation with CUDA graphs cannot sample: the blocks of one signature
-overwrite each other's outputs within one forward (it failed so on an H200, session 7).
+(:func:`resolve_sampling_compile`), and then replays every network evaluation as one CUDA graph
+(:func:`compile_for_sampling`: the blocks compiled regionally, the whole forward captured per batch shape).
 """
 from __future__ import annotations
 
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lamamba.models.capture import CapturedForward
 from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
 
@@ -208,16 +208,26 @@ def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str 
     return net if net is not None else model
 
 
-def compile_for_sampling(model: nn.Module, *, cuda_graphs: bool = False, **compile_kwargs: Any) -> nn.Module:
+def compile_for_sampling(model: nn.Module, *, scope: str = "regional", cuda_graphs: bool = False,
+                         **compile_kwargs: Any) -> nn.Module:
     """Compile ``model`` in place for sampling (``model(...)`` and ``forward_with_cfg`` use it); returns it.
 
-    Without CUDA graphs: regional compilation (:func:`compile_model`). With them, the whole forward is one graph
-    replayed as a CUDA graph, and every call begins a new CUDA-graph step and returns a copy of the output:
-    samplers keep earlier network outputs, which the next replay would overwrite (under regional compilation
-    the blocks of one signature would even overwrite each other's outputs within one forward).
+    Without CUDA graphs: :func:`compile_model` with ``scope``. With them, every network evaluation is one graph
+    replay that returns a copy of the output (samplers keep earlier outputs, which the next replay overwrites):
+    ``"regional"`` compiles the blocks (without CUDA graphs of their own) and captures the whole forward, eager glue
+    included, once per batch shape (:class:`~lamamba.models.capture.CapturedForward`); ``"full"`` compiles the
+    whole forward as one graph with ``mode="reduce-overhead"`` (Inductor's CUDA-graph trees; every call begins a new
+    CUDA-graph step). Regional compilation with Inductor's own CUDA graphs cannot sample: the blocks of one signature
+    would overwrite each other's outputs within one forward (session 7).
     """
     if not cuda_graphs:
-        return compile_model(model, **compile_kwargs)
+        return compile_model(model, scope=scope, **compile_kwargs)
+    if scope == "regional":
+        compile_model(model, scope="regional", **compile_kwargs)
+        model.forward = CapturedForward(type(model).forward.__get__(model))
+        return model
+    if scope not in SCOPES:
+        raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     _prepare(model)
     compiled = torch.compile(type(model).forward, mode="reduce-overhead", dynamic=False, **compile_kwargs)
 
