@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue 11: the compile scopes with CUDA graphs, cold and warm, in one call on nvidia-h200-x2 (~9 min); output in $OUT.
-#   GPU 0: the GPU tests of compiled sampling (the captured forward, lamamba sample --compile --cuda-graphs); then
+# Issue 11: the compile scopes with CUDA graphs, cold and warm, in one call on nvidia-h200-x2 (~9 min; on one GPU
+# two calls, PART=large then PART=small); output in $OUT.
+#   GPU 0 (large): the GPU tests of compiled sampling (the captured forward, lamamba sample --compile --cuda-graphs); then
 #          LaMamba-Diff-XL (256 px, batch 64): regional + CUDA graphs in an empty cache (cold), the same in a second
-#          process (the warm start users get), whole-model + CUDA graphs in another empty cache.
-#   GPU 1: LaMamba-Diff-S (32 px, batch 128) the same three runs, then DiT-S/2 and DiT-XL/2 whole-model + CUDA graphs.
+#          process (the warm start users get), whole-model + CUDA graphs in another empty cache; DiT-XL/2 whole-model.
+#   GPU 1 (small): LaMamba-Diff-S (32 px, batch 128) the same three runs, then DiT-S/2 whole-model + CUDA graphs.
 # Training steps compile with the scope given; sampling forwards as lamamba sample does (compile_for_sampling: regional
 # = blocks compiled, the whole forward captured as one CUDA graph). Both GPUs' processes compile at the same time on
-# one host, so cold compile times are upper bounds.
+# one host (two GPUs), so cold compile times are upper bounds.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"   # left()
@@ -24,14 +25,22 @@ scopes() {  # NAME ARGS...: regional cold, regional in a new process (warm), who
   bench "$name regional, new process" "/tmp/c-$name-regional" --compile-scope regional "$@"
   bench "$name full, cold" "/tmp/c-$name-full" --compile-scope full "$@"
 }
-( export CUDA_VISIBLE_DEVICES=0
+large() {
   LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -p no:warnings --tb=short tests/models/test_capture.py \
-    tests/models/test_compile.py tests/sampling/test_sample_cli.py 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
-  scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64 ) &
-( export CUDA_VISIBLE_DEVICES=1
+    tests/sampling/test_sample_cli.py -k "capture or captured or compiled" 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
+  scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64
+  bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
+}
+small() {
   scopes S --preset fashion-mnist --model LaMamba-Diff-S
   bench "DiT-S/2 full, cold" /tmp/c-dit-s --compile-scope full --preset fashion-mnist --model DiT-S/2
-  bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64 ) &
+}
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  ( export CUDA_VISIBLE_DEVICES=0; large ) &
+  ( export CUDA_VISIBLE_DEVICES=1; small ) &
+else  # one GPU: PART=large or PART=small, one call each
+  export CUDA_VISIBLE_DEVICES=0; ${PART:?one GPU: set PART=large or PART=small}
+fi
 wait
 for f in gpu-tests bench-1 bench-0; do echo "== $f" >> "$log"; cat "$OUT/$f.txt" >> "$log" 2>/dev/null; done
 cat "$log"
