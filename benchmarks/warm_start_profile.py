@@ -33,6 +33,8 @@ def main() -> None:
     settings = {k: v for k, v in PRESETS[args.preset].items() if k != "models"}
     batch = settings.pop("batch_size")
     device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True   # as lamamba bench: part of the compiled graphs' cache keys
+    torch.backends.cudnn.allow_tf32 = True
     t0 = time.perf_counter()
     model = create_model(args.model, **settings).to(device)
     sampler = compile_for_sampling(create_model(args.model, **settings).to(device).eval(), scope=args.compile_scope,
@@ -72,6 +74,7 @@ def main() -> None:
                 out = io.StringIO()
                 pstats.Stats(profile, stream=out).sort_stats(key).print_stats(args.top)
                 print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
+    print("\n" + torch._dynamo.utils.compile_times(repr="str"))
 
 
 if __name__ == "__main__":
