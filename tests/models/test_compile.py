@@ -3,6 +3,7 @@ routing are opaque custom ops), and ``compile_model`` (a plain ``torch.compile``
 construction of index tensors out of it;
 regional compilation traces one graph per distinct block, not per block, and keeps the model's interface."""
 import copy
+import os
 
 import pytest
 import torch
@@ -144,6 +145,27 @@ def test_inductor_cache_dir_order(monkeypatch, tmp_path):
     assert inductor_cache_dir() == tmp_path / "lm" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
     assert inductor_cache_dir() == tmp_path / "ind"
+
+
+def test_persistent_caches_are_set_before_the_first_kernel(monkeypatch, tmp_path):
+    """Triton's cache goes next to Inductor's unless set, and both are set before ``compile_model``'s eager forward
+    runs (this package's Triton kernels compile in it on GPUs)."""
+    from lamamba.models.compile import use_persistent_cache
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, "")   # recorded, so that the values compile_model sets are undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LAMAMBA_CACHE_DIR", str(tmp_path))
+    model, seen = tiny().eval(), []
+    forward = model.forward
+    model.forward = lambda *a, **k: (seen.append(os.environ.get("TRITON_CACHE_DIR")), forward(*a, **k))[1]
+    compile_model(model, backend="eager")
+    assert seen == [str(tmp_path / "inductor" / "triton")]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    use_persistent_cache()
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+    release_compiled()
 
 
 def test_compile_scope_is_checked():

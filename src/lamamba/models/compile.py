@@ -15,12 +15,13 @@ Scopes (``compile_model(..., scope=...)``):
 
 Graphs are static (``dynamic=False``): a new batch size compiles the blocks again (sampling: the full batch
 and the last, smaller one). Dynamo's per-function recompile limit is raised, when compiling, to 4 graphs per
-signature (train and sample, two batch sizes each); past it a block runs eager.
+block (train and sample, two batch sizes each); past it a block runs eager.
 
 The Inductor cache (compiled kernels, FX graphs, AOT autograd results) persists across runs in
 ``$TORCHINDUCTOR_CACHE_DIR`` if that is set, else ``$LAMAMBA_CACHE_DIR/inductor``, else
 ``$XDG_CACHE_HOME/lamamba/inductor`` (``~/.cache/lamamba/inductor``) instead of PyTorch's default under
-``/tmp``, which a reboot empties. The variable is set when a model is compiled, never at import.
+``/tmp``, which a reboot empties; Triton's kernels (Inductor's and this package's) in its ``triton`` folder unless
+``$TRITON_CACHE_DIR`` is set. The variables are set when a model is compiled, never at import.
 
 CUDA graphs (``cuda_graphs=True``: ``mode="reduce-overhead"``) replay whole compiled graphs with one launch; shapes
 must stay static, and a training loop calls ``torch.compiler.cudagraph_mark_step_begin()`` before each step
@@ -55,7 +56,7 @@ __all__ = ["COMPILED_BLOCKS", "COMPILE_ERRORS", "SAMPLING_COMPILE_MIN_EVALUATION
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
-GRAPHS_PER_SIGNATURE = 4  # train and sample, each at the full batch and one other (the last batch)
+GRAPHS_PER_BLOCK = 4  # train and sample, each at the full batch and one other (the last batch)
 
 # one compiled function per (block forward, compile options): every block whose class has that forward uses it
 _COMPILED: dict[tuple, Callable] = {}
@@ -76,9 +77,16 @@ def inductor_cache_dir() -> Path:
 
 
 def use_persistent_cache() -> Path:
-    """Point Inductor at :func:`inductor_cache_dir` (sets ``TORCHINDUCTOR_CACHE_DIR`` if unset); returns it."""
+    """Point Inductor at :func:`inductor_cache_dir` (sets ``TORCHINDUCTOR_CACHE_DIR`` if unset) and Triton, if
+    ``TRITON_CACHE_DIR`` is unset, at its ``triton`` folder; returns the Inductor cache.
+
+    Without the second, Inductor sets ``TRITON_CACHE_DIR`` itself when it first builds one of its kernels, so this
+    package's own Triton kernels (the scan, AdaLN, gated norm) compiled before that moment went to Triton's default
+    cache and later ones to Inductor's, and a new process looked for them where the last one had not put them: the
+    warm start of LaMamba-Diff-S recompiled 32 of them (about 15 s under cProfile, H200, session 11)."""
     path = inductor_cache_dir()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(path / "triton"))
     return path
 
 
@@ -140,23 +148,14 @@ def resolve_cuda_graphs(requested: bool | None, *, compiled: bool, device: torch
     return possible and not distributed
 
 
-def _signature(block: nn.Module) -> tuple:
-    """What makes two blocks trace to different graphs, short of the input shape."""
-    if isinstance(block, LaMambaBlock):
-        attn = block.attn if block.has_attention else None
-        return (type(block), block.norm.normalized_shape, block.op.d_inner, block.op.d_state,
-                attn and (attn.window_size, attn.shift), not isinstance(block.condition_projection, nn.Identity))
-    return (type(block), tuple(p.shape for p in block.parameters()))
-
-
 def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:
     """Install the shared compiled forward on every block of ``model``; returns how many blocks."""
     blocks = [m for m in model.modules() if isinstance(m, COMPILED_BLOCKS)]
     if not blocks:
         raise ValueError(f"regional compilation found no block ({', '.join(t.__name__ for t in COMPILED_BLOCKS)}) "
                          f"in {type(model).__name__}; use scope='full'")
-    signatures = {_signature(b) for b in blocks}
-    limit = GRAPHS_PER_SIGNATURE * len(signatures)
+    # a cap, not a count: blocks of one signature at different map sizes (a U-Net's encoder and decoder) trace apart
+    limit = GRAPHS_PER_BLOCK * len(blocks)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     for block in blocks:
         forward = type(block).forward          # the class's (a gradient-checkpointed block: the checkpointing one)
@@ -169,9 +168,10 @@ def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:
 
 
 def _prepare(model: nn.Module) -> None:
-    """One eager forward at batch size 1 without gradients (it builds and caches the reference scan's path
-    tensors, which compiled graphs then take as constants; the window tables are the model's buffers), and the
-    persistent Inductor cache."""
+    """The persistent caches (before any kernel compiles), then one eager forward at batch size 1 without gradients
+    (it builds and caches the reference scan's path tensors, which compiled graphs then take as constants; the window
+    tables are the model's buffers)."""
+    use_persistent_cache()
     cfg = model.config
     device = next(model.parameters()).device
     x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
@@ -181,7 +181,6 @@ def _prepare(model: nn.Module) -> None:
     with torch.no_grad():
         model.eval()(x, t, y)
     model.train(was_training)
-    use_persistent_cache()
 
 
 def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str = "regional",
