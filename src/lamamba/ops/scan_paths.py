@@ -52,8 +52,12 @@ def scan_paths(H: int, W: int, device: torch.device | str = "cpu") -> tuple[Tens
 
 
 def cross_scan(x: Tensor, paths: Tensor) -> Tensor:
-    """(batch, L, C) pixel order -> (batch, 4, L, C): the sequence each direction scans."""
-    return x[:, paths]
+    """(batch, L, C) pixel order -> (batch, 4, L, C): the sequence each direction scans.
+
+    ``index_select`` rather than ``x[:, paths]``: its backward adds rows with ``index_add`` where advanced indexing's
+    accumulates with ``index_put`` (on a 2-core CPU at the digits demo's first stage 0.6 vs 2.5 ms forward + backward).
+    """
+    return x.index_select(1, paths.reshape(-1)).view(x.shape[0], *paths.shape, *x.shape[2:])
 
 
 def cross_merge(ys: Tensor, inverse: Tensor) -> Tensor:
