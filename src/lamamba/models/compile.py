@@ -128,9 +128,10 @@ def resolve_sampling_compile(requested: bool | None, device: torch.device, evalu
                              warn: Callable[[str], Any] | None = None) -> bool:
     """``lamamba sample --compile`` as given, else on for CUDA jobs of at least ``SAMPLING_COMPILE_MIN_EVALUATIONS``
     network evaluations. Compiled with CUDA graphs, sampling runs the same function as eager (fp32: mean pixel
-    difference 0.06 of 255, against 1.2 between bf16 and fp32 eager) 1.6-1.8x faster, after a compilation of about
-    40 s (LaMamba-Diff-S, 32 px) to 2 minutes (LaMamba-Diff-XL, 256 px) with a cold cache (H200, docs/PERFORMANCE.md,
-    sessions 7 and 8): from a million evaluations on it pays for itself at least twice over at either size."""
+    difference 0.06 of 255, against 1.2 between bf16 and fp32 eager; session 8) 1.6-1.8x faster (sessions 7, 8), after
+    about 20-30 s of compilation with a cold cache (the sampling forward of LaMamba-Diff-S at 32 px and of
+    LaMamba-Diff-XL at 256 px, regional with the forward captured, H200, session 11): from a million evaluations on
+    it pays for itself at either size."""
     if requested is not None or evaluations >= SAMPLING_COMPILE_MIN_EVALUATIONS:
         return resolve_compile(requested, device, warn)
     return False
