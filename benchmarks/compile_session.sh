@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11: the compile scopes with CUDA graphs, cold and warm, in one call on nvidia-h200-x2 (~9 min; on one GPU
 # two calls, PART=large then PART=small); output in $OUT.
-#   GPU 0 (large): the GPU tests of compiled sampling (the captured forward, lamamba sample --compile --cuda-graphs); then
+#   GPU 0 (large): the GPU tests of the compiled paths (the captured forward, lamamba sample --compile --cuda-graphs,
+#          training with CUDA graphs in both scopes against eager); then
 #          LaMamba-Diff-XL (256 px, batch 64): regional + CUDA graphs in an empty cache (cold), the same in a second
 #          process (the warm start users get), whole-model + CUDA graphs in another empty cache; DiT-XL/2 whole-model.
 #   GPU 1 (small): LaMamba-Diff-S (32 px, batch 128) the same three runs, a cProfile of the regional warm start
@@ -28,7 +29,7 @@ scopes() {  # NAME ARGS...: regional cold, regional in a new process (warm), who
 }
 large() {
   LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -p no:warnings -p no:logging --tb=short tests/models/test_capture.py \
-    tests/sampling/test_sample_cli.py -k "capture or captured or compiled" 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
+    tests/models/test_compile.py tests/sampling/test_sample_cli.py -k "capture or captured or compiled or follows" 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
   scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64
   bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
 }
