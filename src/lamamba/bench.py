@@ -2,8 +2,9 @@
 
 A training step is what ``lamamba train`` does per step: forward, the diffusion loss (MSE + VLB),
 backward and an AdamW update, under the chosen precision. A sampling forward is one network evaluation
-at the same batch, compiled as ``lamamba sample`` compiles it (``compile_for_sampling``, on a copy of the model's
-modules that shares its tensors). Every model runs in the same process on the same card, so ratios are fair; DiT is run
+at the same batch; compiled, it goes through ``compile_for_sampling`` with the same scope (``lamamba sample`` uses
+the regional one: the blocks compiled and, with CUDA graphs, the whole forward captured) on a copy of the model's
+modules that shares its tensors. Every model runs in the same process on the same card, so ratios are fair; DiT is run
 both eager and compiled (``--compile auto``) and the faster one is the baseline.
 
 Reported per model: ms/step, images/s, peak memory, achieved model TFLOP/s and model FLOP utilisation
