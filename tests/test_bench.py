@@ -69,7 +69,7 @@ def test_compiled_row_reports_compile_times(monkeypatch):
                     hidden_size=16, depth=2, num_heads=2)
     assert r["scope"] == "regional" and not r["cuda_graphs"]
     assert {"compile_s", "warm_compile_s", "compile_cache", "warm_compile_cache", "compile_train_s",
-            "compile_sample_s"} <= set(r)
+            "compile_sample_s", "settle_train_s", "settle_sample_s"} <= set(r)
     torch._dynamo.reset()
 
 

@@ -14,7 +14,8 @@ for a training step (forward + backward); element-wise work is not in that count
 work done. Compiled rows also report the compile time: the first training step and the first sampling
 forward less a median one, once with the Inductor cache as found (``--fresh-cache``: an empty one, i.e.
 cold) and once more after ``torch._dynamo.reset()`` with the cache just written (warm: Dynamo traces
-again, Inductor's and AOT autograd's results come from the cache).
+again, Inductor's and AOT autograd's results come from the cache); and what the warm-up calls took beyond
+steady ones (Inductor's CUDA graphs are recorded at a graph's second call, inside the warm-up).
 
 ``--preset fashion-mnist`` is the pixel-space small-model setting of issue 11 (32x32, 1 channel, 10 classes,
 batch 128, LaMamba-Diff-S vs DiT-S/2); ``--in-channels``, ``--latent-downsample`` and ``--num-classes`` set
@@ -158,11 +159,12 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(warmup):
-            fn()
+        warm = [timer(fn) for _ in range(warmup)]
         times = [timer(fn) for _ in range(steps)]
         ms = statistics.median(times)
         result[f"{phase}_ms"] = ms
+        if compile:  # what the warm-up calls took beyond steady steps (CUDA-graph recording happens there)
+            result[f"settle_{phase}_s"] = (sum(warm) - len(warm) * ms) / 1000
         result[f"{phase}_images_per_s"] = 1000 * batch_size / ms
         if device.type == "cuda":
             result[f"{phase}_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -229,7 +231,9 @@ def format_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
                      f"{r['train_tflops']:>8.1f} {mfu:>6} {_seconds(r, 'compile_s'):>9} "
                      f"{_seconds(r, 'warm_compile_s'):>7}")
     caches = [f"{r['model']}: {r['compile_cache']} then {r['warm_compile_cache']} (cold: training step "
-              f"{r['compile_train_s']:.1f} s, sampling forward {r['compile_sample_s']:.1f} s)" for r in rows if r["compiled"]]
+              f"{r['compile_train_s']:.1f} s, sampling forward {r['compile_sample_s']:.1f} s; then the warm-up steps "
+              f"{r['settle_train_s']:.1f} s and forwards {r['settle_sample_s']:.1f} s beyond steady ones)"
+              for r in rows if r["compiled"]]
     if caches:
         lines.append("Inductor cache (compile s / warm s): " + "; ".join(caches))
     if peak is None:
