@@ -16,6 +16,7 @@ Only forwards without autograd are captured: with gradients enabled (training) t
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -78,19 +79,16 @@ class CapturedForward:
 
     def _capture(self, arguments: dict[int | str, Any], device: str) -> _Capture:
         static = {name: a.clone() if isinstance(a, Tensor) else a for name, a in arguments.items()}
-        if device == "cuda":
-            side = torch.cuda.Stream()
+        side = torch.cuda.Stream() if device == "cuda" else None   # on CUDA the warm-up runs on a side stream
+        if side is not None:
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), self._autocast(device):
-                for _ in range(self.warmup):
-                    self._run(static)
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext(), self._autocast(device):
+            for _ in range(self.warmup):
+                self._run(static)
+        if side is not None:
             torch.cuda.current_stream().wait_stream(side)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-        else:
-            with self._autocast(device):
-                for _ in range(self.warmup):
-                    self._run(static)
         graph = self.graph_factory()
         with self.capture(graph, pool=self.pool), self._autocast(device):
             output = self._run(static)
