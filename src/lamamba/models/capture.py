@@ -16,7 +16,6 @@ Only forwards without autograd are captured: with gradients enabled (training) t
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +81,7 @@ class CapturedForward:
         side = torch.cuda.Stream() if device == "cuda" else None   # on CUDA the warm-up runs on a side stream
         if side is not None:
             side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext(), self._autocast(device):
+        with torch.cuda.stream(side), self._autocast(device):   # a stream of None: no change
             for _ in range(self.warmup):
                 self._run(static)
         if side is not None:
