@@ -40,7 +40,7 @@ import torch
 from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models.compile import (SCOPES, cache_counts, compile_for_sampling, compile_model, describe_cache,
-                                    uncompile)
+                                    resolve_compile_scope, uncompile)
 from lamamba.models.registry import create_model, list_models
 from lamamba.training.optim import adamw
 
@@ -259,9 +259,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", choices=("none", "auto", "all", "only"), default="auto",
                         help="auto: DiT baselines eager and compiled, LaMamba-Diff eager; all: everything both ways; "
                              "only: everything compiled, no eager rows")
-    parser.add_argument("--compile-scope", choices=SCOPES, default="full",
-                        help="full: the whole model as one graph (default, as lamamba train); regional: each block "
-                             "class compiled once, shared by the blocks of the same shape")
+    parser.add_argument("--compile-scope", choices=SCOPES, default=None,
+                        help="regional: each block class compiled once, shared by the blocks of the same shape; "
+                             "full: the whole model as one graph. Default as lamamba train: regional with "
+                             "--cuda-graphs, full without")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="compile with mode='reduce-overhead' (CUDA graphs; off by default)")
     parser.add_argument("--fresh-cache", action="store_true",
@@ -326,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         for compiled in variants:
             with fresh_inductor_cache() if compiled and args.fresh_cache else contextlib.nullcontext():
                 rows.append(bench_model(name, device=device, precision=args.precision, compile=compiled,
-                                        scope=args.compile_scope, cuda_graphs=args.cuda_graphs, steps=args.steps,
+                                        scope=resolve_compile_scope(args.compile_scope, cuda_graphs=args.cuda_graphs), cuda_graphs=args.cuda_graphs, steps=args.steps,
                                         warmup=args.warmup, peak=env["peak_tflops"], **settings))
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the previous model's blocks back to the driver before the next

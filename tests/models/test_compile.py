@@ -11,7 +11,8 @@ import torch
 import lamamba
 from lamamba.models import compile_model
 from lamamba.models import compile as compile_module
-from lamamba.models.compile import compile_for_sampling, inductor_cache_dir, release_compiled, resolve_cuda_graphs
+from lamamba.models.compile import (compile_for_sampling, inductor_cache_dir, release_compiled, resolve_compile_scope,
+                                    resolve_cuda_graphs)
 from lamamba.ops import scan_paths, window_attention
 
 VARIANTS = [dict(), dict(attention="none"), dict(attention="global"), dict(shift=False), dict(skip="concat"),
@@ -171,6 +172,17 @@ def test_persistent_caches_are_set_before_the_first_kernel(monkeypatch, tmp_path
 def test_compile_scope_is_checked():
     with pytest.raises(ValueError, match="compile scope"):
         compile_model(tiny(), scope="blocks")
+    with pytest.raises(ValueError, match="compile scope"):
+        resolve_compile_scope("blocks", cuda_graphs=True)
+
+
+def test_compile_scope_default_rule():
+    """Regional with CUDA graphs (as fast as the whole model, less to compile; the GPU test below), the whole model
+    without them; an explicit choice wins."""
+    assert resolve_compile_scope(None, cuda_graphs=True) == "regional"
+    assert resolve_compile_scope(None, cuda_graphs=False) == "full"
+    assert resolve_compile_scope("full", cuda_graphs=True) == "full"
+    assert resolve_compile_scope("regional", cuda_graphs=False) == "regional"
 
 
 def test_cuda_graphs_default_rule():

@@ -20,6 +20,7 @@ def test_run_writes_config_metrics_checkpoints_and_grid(tmp_path, train_tiny, re
     assert config["data"]["space"] == "pixel" and config["data"]["num_classes"] == 10
     assert config["diffusion"] == {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": True}
     assert config["compiled"] is False and config["cuda_graphs"] is False  # resolved values (CPU: eager)
+    assert config["compile_scope"] == "full"
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("loss", "mse", "vb", "lr", "grad_norm", "images_per_sec", "mfu", "time"):

@@ -29,7 +29,8 @@ must stay static, and a training loop calls ``torch.compiler.cudagraph_mark_step
 for compiled one-process CUDA training: on an H200 LaMamba-Diff-S (33 M parameters) trained 4.0x and DiT-S/2 2.7x
 faster than eager with the same losses (session 6), and LaMamba-Diff-XL (256 px, batch 64, whole model compiled)
 1.35x faster than compiled without them at the same peak memory (478 vs 354 img/s, 30.8 GiB; session 7;
-docs/PERFORMANCE.md). Multi-process (DDP) training keeps them off unless asked for (not measured).
+docs/PERFORMANCE.md). Multi-process (DDP) training keeps them off unless asked for (not measured). With them
+``lamamba train`` compiles regionally unless told otherwise (:func:`resolve_compile_scope`).
 
 ``lamamba sample`` compiles by default on CUDA for jobs of a million network evaluations or more
 (:func:`resolve_sampling_compile`), and then replays every network evaluation as one CUDA graph
@@ -51,8 +52,8 @@ from lamamba.models.lamamba import LaMambaBlock
 
 __all__ = ["COMPILED_BLOCKS", "COMPILE_ERRORS", "SAMPLING_COMPILE_MIN_EVALUATIONS", "SCOPES", "cache_counts",
            "compile_error_line", "compile_for_sampling", "compile_model", "describe_cache", "inductor_cache_dir",
-           "release_compiled", "resolve_compile", "resolve_cuda_graphs", "resolve_sampling_compile", "run_or_fall_back",
-           "uncompile", "use_persistent_cache"]
+           "release_compiled", "resolve_compile", "resolve_compile_scope", "resolve_cuda_graphs",
+           "resolve_sampling_compile", "run_or_fall_back", "uncompile", "use_persistent_cache"]
 
 SCOPES = ("regional", "full")
 COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (LaMambaBlock, DiTBlock)
@@ -147,6 +148,17 @@ def resolve_cuda_graphs(requested: bool | None, *, compiled: bool, device: torch
             raise ValueError("--cuda-graphs needs a compiled model on a CUDA device (--compile, --device cuda)")
         return requested
     return possible and not distributed
+
+
+def resolve_compile_scope(requested: str | None, *, cuda_graphs: bool) -> str:
+    """``--compile-scope`` as given, else regional with CUDA graphs (the same training speed as the whole model, a
+    third less cold and half the warm compile: LaMamba-Diff-XL and -S on an H200, session 11) and the whole model
+    without them (regional XL without CUDA graphs trained slower: the eager glue between blocks, session 6)."""
+    if requested is not None:
+        if requested not in SCOPES:
+            raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {requested!r}")
+        return requested
+    return "regional" if cuda_graphs else "full"
 
 
 def _compile_blocks(model: nn.Module, compile_kwargs: dict[str, Any]) -> int:

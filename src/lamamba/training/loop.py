@@ -44,7 +44,7 @@ from lamamba.diffusion import create_diffusion
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
 from lamamba.models.compile import (cache_counts, describe_cache, release_compiled, resolve_compile,
-                                    resolve_cuda_graphs, run_or_fall_back, uncompile)
+                                    resolve_compile_scope, resolve_cuda_graphs, run_or_fall_back, uncompile)
 from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_uint8
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
@@ -113,10 +113,11 @@ class Trainer:
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
         self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
                                                distributed=env.distributed)
+        self.compile_scope = resolve_compile_scope(config.compile_scope, cuda_graphs=self.cuda_graphs)
         self.net = self._eager_net = net
         if self.compiled:
-            self.net = compile_model(self.model, net, scope=config.compile_scope, cuda_graphs=self.cuda_graphs)
-            if config.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled, without
+            self.net = compile_model(self.model, net, scope=self.compile_scope, cuda_graphs=self.cuda_graphs)
+            if self.compile_scope == "regional":  # the EMA's blocks too: sample grids run compiled, without
                 # CUDA graphs (a sampler keeps earlier outputs, which a later replay would overwrite)
                 compile_model(self.ema.model, scope="regional")
         # the card's peak and the model FLOPs of a training image (paper convention), for MFU in the log
@@ -162,6 +163,7 @@ class Trainer:
             "precision": self.precision,
             "compiled": self.compiled,
             "cuda_graphs": self.cuda_graphs,                  # resolved: --cuda-graphs may be left to the default
+            "compile_scope": self.compile_scope,              # resolved likewise
             "device": str(self.env.device),
             "num_parameters": self.num_parameters(),
             "torch_version": torch.__version__,
@@ -365,7 +367,7 @@ class Trainer:
             self.log.info("first step in %.1f s", elapsed)
             return
         self.log.info("first step in %.1f s, compiling (%s scope; Inductor cache %s in %s)", elapsed,
-                      self.config.compile_scope, describe_cache(cache_before), os.environ["TORCHINDUCTOR_CACHE_DIR"])
+                      self.compile_scope, describe_cache(cache_before), os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
     # ---------------------------------------------------------------------------------------------
     #                                 Checkpoints and samples
