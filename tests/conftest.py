@@ -15,6 +15,19 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``-n auto``, the README's command) the workers share the cores: each gets its share of
+    threads instead of one per core (two cores, two workers of two threads each ran several times slower)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests (marked ``slow``) first, so that parallel workers start them early and finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_vae_dir(tmp_path_factory):
     diffusers = pytest.importorskip("diffusers")
