@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Multi-GPU training's compile modes (issue 11): LaMamba-Diff-XL and DiT-XL/2 (256 px, batch 64 per GPU) under
+# DistributedDataParallel on every GPU of the machine (torchrun), one process group per mode: eager, the whole model
+# compiled without CUDA graphs (lamamba train's multi-GPU default), regionally compiled with CUDA graphs, then the
+# whole model with them. One JSON line per mode in $OUT/ddp.jsonl (benchmarks/ddp_step.py), ~8 min cold.
+#   bash benchmarks/ddp_session.sh
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+source "$(dirname "$0")/experiment_variants.sh"   # left()
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/log.txt"
+gpus=$(nvidia-smi -L | wc -l)
+export LAMAMBA_CACHE_DIR=/tmp/c-ddp
+mode() {  # MODEL MODE
+  [ "$(left)" -gt 20 ] || { echo "skipped $1 $2 (deadline)" >> "$OUT/log.txt"; return; }
+  timeout "$(left)" torchrun --standalone --nproc_per_node="$gpus" benchmarks/ddp_step.py --model "$1" --mode "$2" \
+    > "$OUT/ddp-${1//\//}-$2.txt" 2>&1
+  grep '^{' "$OUT/ddp-${1//\//}-$2.txt" >> "$OUT/ddp.jsonl" || tail -5 "$OUT/ddp-${1//\//}-$2.txt" >> "$OUT/log.txt"
+}
+mode LaMamba-Diff-XL eager
+mode LaMamba-Diff-XL regional+cg
+mode LaMamba-Diff-XL full
+mode DiT-XL/2 full
+mode DiT-XL/2 full+cg
+mode LaMamba-Diff-XL full+cg
+cat "$OUT/log.txt" "$OUT/ddp.jsonl"
