@@ -32,8 +32,12 @@ def main() -> None:
     parser.add_argument("--check-steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="auto", help="cuda:0 with --backend gloo: several ranks on one GPU")
+    parser.add_argument("--backend", default=None, help="gloo: ranks that share a GPU (NCCL refuses them)")
     args = parser.parse_args()
-    env = init_distributed()
+    if args.backend:
+        torch.distributed.init_process_group(args.backend)
+    env = init_distributed(args.device)
     device = env.device
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as lamamba train and bench
     torch.manual_seed(0)
@@ -63,6 +67,12 @@ def main() -> None:
         return loss.detach()
 
     losses = [float(step(t)) for t in ts]      # the first call compiles
+    # DDP keeps the ranks' parameters equal: the largest difference from rank 0's after the checked steps
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    rank0 = flat.clone()
+    torch.distributed.broadcast(rank0, 0)
+    spread = (flat - rank0).abs().max()
+    torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
     first_s = time.perf_counter() - tic
     for _ in range(args.warmup):
         step(ts[0])
@@ -75,7 +85,8 @@ def main() -> None:
     wall_ms = 1000 * (time.perf_counter() - tic) / args.steps
     if env.is_main:
         print(json.dumps(dict(model=args.model, mode=args.mode, world_size=env.world_size,
-                              batch_per_rank=args.batch_size, losses=losses, wall_ms=round(wall_ms, 2),
+                              batch_per_rank=args.batch_size, losses=losses,
+                              rank_param_spread=float(spread), wall_ms=round(wall_ms, 2),
                               images_per_s=round(1000 * args.batch_size * env.world_size / wall_ms, 1),
                               first_steps_s=round(first_s, 1),
                               peak_gib=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
