@@ -90,9 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "CUDA graphs, full without")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the compiled training step as CUDA graphs (mode reduce-overhead; static shapes). "
-                        "Default: on for compiled one-GPU runs (on an H200 LaMamba-Diff-S trained 4x faster than "
-                        "eager with the same losses, LaMamba-Diff-XL 1.35x faster than compiled without them at "
-                        "the same memory), off for multi-GPU runs (not measured)")
+                        "Default: on for compiled GPU runs (on an H200 LaMamba-Diff-S trained 4x faster than "
+                        "eager with the same losses; LaMamba-Diff-XL under torchrun 2.1x faster than the whole "
+                        "model compiled without them), except multi-GPU runs given --compile-scope full")
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="the card's peak dense bf16 TFLOP/s for the logged MFU (default: by card name)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,

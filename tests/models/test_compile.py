@@ -186,12 +186,16 @@ def test_compile_scope_default_rule():
 
 
 def test_cuda_graphs_default_rule():
-    """On by default where measured: compiled, one process, CUDA (LaMamba-Diff-S and -XL on an H200); an explicit
+    """On by default where measured: compiled on CUDA, one process or several with regional compilation
+    (LaMamba-Diff-S and -XL on an H200, DDP under torchrun); not for the whole model in several processes; an explicit
     choice wins, and asking for them without a compiled model on CUDA is an error."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     auto = dict(compiled=True, device=cuda, distributed=False)
     assert resolve_cuda_graphs(None, **auto)
-    assert not resolve_cuda_graphs(None, **{**auto, "distributed": True})
+    assert resolve_cuda_graphs(None, **{**auto, "distributed": True})
+    assert resolve_cuda_graphs(None, **{**auto, "distributed": True, "scope": "regional"})
+    assert not resolve_cuda_graphs(None, **{**auto, "distributed": True, "scope": "full"})
+    assert resolve_cuda_graphs(None, **{**auto, "scope": "full"})
     assert not resolve_cuda_graphs(None, **{**auto, "compiled": False})
     assert not resolve_cuda_graphs(None, **{**auto, "device": cpu})
     assert resolve_cuda_graphs(True, **{**auto, "distributed": True})

@@ -88,8 +88,8 @@ class TrainConfig:
     compile_scope: str | None = None      # "regional": each block class compiled once, shared by same-shape
                                           # blocks; "full": one graph. None: regional with CUDA graphs (as fast,
                                           # XL compiles 83 s cold vs 126), full without (models/compile.py)
-    cuda_graphs: bool | None = None       # CUDA graphs ("reduce-overhead"); None: on for compiled one-GPU runs
-                                          # (LaMamba-Diff-S 4x, -XL 1.35x on an H200; models/compile.py)
+    cuda_graphs: bool | None = None       # CUDA graphs ("reduce-overhead"); None: on for compiled GPU runs
+                                          # (S 4x; XL under DDP 2.1x on an H200), off for DDP + scope full
     peak_tflops: float | None = None      # the card's peak dense bf16 TFLOP/s for MFU (None: by card name)
     grad_checkpointing: bool = False
     seed: int = 0

@@ -112,7 +112,7 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         self.compiled = resolve_compile(config.compile, env.device, log.warning)
         self.cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, compiled=self.compiled, device=env.device,
-                                               distributed=env.distributed)
+                                               distributed=env.distributed, scope=config.compile_scope)
         self.compile_scope = resolve_compile_scope(config.compile_scope, cuda_graphs=self.cuda_graphs)
         self.net = self._eager_net = net
         if self.compiled:
