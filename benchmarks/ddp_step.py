@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lamamba.diffusion import create_diffusion
 from lamamba.models import compile_model, create_model
-from lamamba.training.distributed import init_distributed, shutdown_distributed
+from lamamba.distributed import init_distributed, shutdown_distributed
 from lamamba.training.optim import adamw
 
 

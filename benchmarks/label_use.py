@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
     from lamamba.data.builtin import FashionMNISTDataset
     from lamamba.diffusion import create_diffusion
-    from lamamba.training.distributed import pick_device
+    from lamamba.distributed import pick_device
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="run directory, checkpoint directory or model.safetensors")

@@ -300,7 +300,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lamamba.training.distributed import pick_device, set_cpu_threads
+    from lamamba.distributed import pick_device, set_cpu_threads
 
     for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0)):
         if value < least:

@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
     from lamamba.models.compile import (compile_for_sampling, release_compiled, resolve_cuda_graphs,
                                         resolve_sampling_compile, run_or_fall_back, uncompile)
-    from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
+    from lamamba.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
 
     _check_args(args)
     env = init_distributed(args.device)

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lamamba.cli import EXIT_DIVERGED
-    from lamamba.training.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
+    from lamamba.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
     from lamamba.training.logs import RunLogger
     from lamamba.training.loop import Trainer, TrainingDiverged
     from lamamba.training.rundir import open_run_directory

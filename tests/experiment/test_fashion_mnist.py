@@ -166,7 +166,7 @@ def test_an_interrupted_experiment_continues(experiment, tiny_registry, fake_roo
     with np.load(dit_dir / "samples" / "samples.npz") as data:
         np.testing.assert_array_equal(data["arr_0"], old_images)
     # the same samples give the same scores up to float rounding: the stages set the CPU threads from the cores
-    # idle at their start (lamamba.training.distributed.set_cpu_threads), and another thread count sums the
+    # idle at their start (lamamba.distributed.set_cpu_threads), and another thread count sums the
     # feature statistics in another order (FID moved by 3e-8 relative in one full-suite run)
     new_scores = json.loads((dit_dir / "scores.json").read_text())
     assert new_scores.keys() == old_scores.keys()

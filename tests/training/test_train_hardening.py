@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lamamba.checkpoint import list_checkpoints
-from lamamba.training import distributed
-from lamamba.training.distributed import cpu_threads
+from lamamba import distributed
+from lamamba.distributed import cpu_threads
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ def _compare(args: argparse.Namespace, extractor: FeatureExtractor, metrics: tup
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     metrics = _parse_metrics(args.metrics)
-    from lamamba.training.distributed import pick_device
+    from lamamba.distributed import pick_device
 
     device = str(pick_device(args.device or "auto"))
     common = dict(batch_size=args.batch_size, num_images=args.num_images, progress=sys.stderr.isatty())

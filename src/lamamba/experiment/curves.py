@@ -75,7 +75,7 @@ def curve_run(cfg: ExperimentConfig, run: Run) -> Path | None:
     """Score every kept checkpoint of ``run`` not yet in its ``curve.jsonl``; None when curves are off."""
     from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
     from lamamba.diffusion import create_diffusion
-    from lamamba.training.distributed import pick_device
+    from lamamba.distributed import pick_device
 
     if cfg.curve_points <= 0:
         return None

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from lamamba.data.builtin import FASHION_MNIST_ENV
-from lamamba.training.distributed import pick_device
+from lamamba.distributed import pick_device
 
 __all__ = ["Run", "RUNS", "GROUPS", "ExperimentConfig", "select_runs", "train_run", "sample_run", "score_run",
            "score_images", "throughput", "roughness", "noise_fraction", "test_images"]

@@ -8,7 +8,7 @@ Typical library use mirrors the command line::
 """
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import PRESETS, TrainConfig, resolve_config
-from .distributed import DistEnv, init_distributed, shutdown_distributed
+from lamamba.distributed import DistEnv, init_distributed, shutdown_distributed  # process setup (lower level)
 from .ema import EMA
 from .grad_checkpoint import enable_gradient_checkpointing
 from .logs import RunLogger

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lamamba.data import LatentDataset, build_dataloader, build_dataset, is_latent_dir
 from lamamba.training.config import TrainConfig
-from lamamba.training.distributed import DistEnv
+from lamamba.distributed import DistEnv
 
 __all__ = ["TrainingData", "build_training_data", "forever"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lamamba.sample import clip_default, generate, shard_range, to_uint8
-from lamamba.training.distributed import all_gather_objects, barrier
+from lamamba.distributed import all_gather_objects, barrier
 
 if TYPE_CHECKING:
     from lamamba.training.loop import Trainer

@@ -49,7 +49,7 @@ from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_ui
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
 from lamamba.training.data import build_training_data, forever
-from lamamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
+from lamamba.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from lamamba.training.ema import EMA
 from lamamba.training.grad_checkpoint import enable_gradient_checkpointing
 from lamamba.training.interrupt import Interrupted, StopSignals, signal_name

@@ -25,7 +25,7 @@ from typing import Any
 from lamamba.checkpoint import TRAINING_STATE_FILE, list_checkpoints
 from lamamba.training.checkpoint import STATE_JSON, clean_unfinished, find_resume_checkpoint
 from lamamba.training.config import TrainConfig
-from lamamba.training.distributed import DistEnv, broadcast_object
+from lamamba.distributed import DistEnv, broadcast_object
 
 try:
     import fcntl
