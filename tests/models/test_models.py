@@ -51,6 +51,20 @@ def test_forward_backward_every_model(name):
             assert p.grad is not None and torch.isfinite(p.grad).all(), pname
 
 
+@pytest.mark.parametrize("name", ["LaMamba-Diff-S", "DiT-S/2"])
+def test_gradients_have_their_parameters_strides(name):
+    """DDP's gradient layout contract: its buckets take each parameter's strides, and a gradient of other strides
+    (even in a dimension of size 1, as the depthwise conv's weight had) is copied with a warning in every run. At a
+    width where the time-step rank is above 1 (``ceil(width / 16)``; a rank of 1 is a size-1 dimension too)."""
+    model = tiny(name, **(dict(embed_dim=32) if name.startswith("LaMamba") else dict(hidden_size=32)))
+    randomize(model)
+    x, t, y = inputs(model)
+    model(x, t, y).square().mean().backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad.stride() == p.stride(), (pname, p.grad.stride(), p.stride())
+
+
 @pytest.mark.parametrize("name", ["LaMamba-Diff-S", "LaMamba-Diff-XL", "DiT-S/2"])
 def test_zero_init_outputs_zero_and_blocks_are_identity(name):
     model = tiny(name).eval()

@@ -133,6 +133,9 @@ class SS2D(nn.Module):
         K, R, N = NUM_PATHS, self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=False)
+        # the weight in the layout of its gradient (the conv runs on channels-last maps): DDP's buckets take the
+        # parameter's strides, and a gradient of other strides is copied with a warning in every run
+        self.conv2d.weight = nn.Parameter(self.conv2d.weight.detach().to(memory_format=torch.channels_last))
         # per-direction projections, kept as bare parameters with the released code's names and layout
         self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, R))
