@@ -28,8 +28,10 @@ scopes() {  # NAME ARGS...: regional cold, regional in a new process (warm), who
   bench "$name full, cold" "/tmp/c-$name-full" --compile-scope full "$@"
 }
 large() {
-  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -p no:warnings -p no:logging --tb=short tests/models/test_capture.py \
-    tests/models/test_compile.py tests/sampling/test_sample_cli.py -k "capture or captured or compiled or follows" 2>&1 | tail -12 > "$OUT/gpu-tests.txt"
+  # the GPU tests only (-m gpu: a -k on names also picked CPU tests, which compiled for minutes; session 12)
+  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -m gpu -p no:warnings -p no:logging --tb=short \
+    tests/models/test_capture.py tests/models/test_compile.py tests/sampling/test_sample_cli.py 2>&1 | tail -12 \
+    > "$OUT/gpu-tests.txt"
   scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64
   bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
 }
