@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
+from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.data import build_dataset
 from lamamba.diffusion import create_diffusion
 from lamamba.sample import generate, sample_seed
@@ -143,7 +143,7 @@ def main() -> None:
     labels = torch.arange(10).repeat_interleave(args.n // 10)
     k = 0
     for step in steps:
-        info = load_checkpoint_info(checkpoints[step])
+        info = load_model_info(checkpoints[step])
         diffusion = create_diffusion(**info["diffusion"])
         if args.eps_probe:
             probe = eps_probe(load_pretrained(checkpoints[step]), labels, args.seed)

@@ -28,7 +28,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
+    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
     from lamamba.data.builtin import FashionMNISTDataset
     from lamamba.diffusion import create_diffusion
     from lamamba.distributed import pick_device
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    info = load_checkpoint_info(checkpoint)
+    info = load_model_info(checkpoint)
     model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=device).eval()
     classes = model.config.num_classes
     if not classes:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
+from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.diffusion import create_diffusion
 from lamamba.experiment import fashion_mnist
 from lamamba.ops.window_attention import relative_position_index, window_geometry, window_partition
@@ -199,7 +199,7 @@ def diagnose(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     ckpts = list_checkpoints(f"{args.run_dir}/checkpoints")
-    info = load_checkpoint_info(ckpts[-1][1])
+    info = load_model_info(ckpts[-1][1])
     diffusion = create_diffusion(**info["diffusion"])
     n = args.n
     model_classes = info["model"]["num_classes"] if "model" in info else 10
@@ -274,7 +274,7 @@ def compare(args) -> None:
     standard deviation) and the first x_0 estimate's brightness, failing vs good."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = list_checkpoints(f"{args.run_dir}/checkpoints")[-1][1]
-    info = load_checkpoint_info(ckpt)
+    info = load_model_info(ckpt)
     diffusion = create_diffusion(**info["diffusion"])
     model = load_pretrained(ckpt, use_ema=True, device=device)
     idx, labels = list(range(args.n)), torch.arange(args.n) % 10

@@ -16,11 +16,14 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``-n auto``, the README's command) the workers share the cores: each gets its share of
-    threads instead of one per core (two cores, two workers of two threads each ran several times slower)."""
+    """Under pytest-xdist (``-n logical``, the README's command) the workers share the cores: each gets its share of
+    threads instead of one per core (two cores, two workers of two threads each ran several times slower). Through
+    ``OMP_NUM_THREADS``, so that ``lamamba train`` in a test uses it too instead of counting idle cores, which the
+    other worker's load changes between a run and its resumption (CPU losses depend on the thread count)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ import torch
 
 import lamamba
 from lamamba import cli
-from lamamba.checkpoint import save_pretrained
+from lamamba.pretrained import save_pretrained
 
 TINY_TRAIN = ["--model-arg", "embed_dim=8", "--model-arg", "cond_dim=16", "--global-batch-size", "8",
               "--sample-num", "0", "--no-tensorboard", "--max-steps", "1"]

@@ -1,6 +1,6 @@
 """lamamba: LaMamba-Diff, a linear-time diffusion backbone (Mamba + local attention U-Net), with DiT
 baselines, training, sampling and evaluation."""
-from lamamba.checkpoint import load_pretrained
+from lamamba.pretrained import load_pretrained
 from lamamba.models import create_model, list_models
 
 __version__ = "0.1.0"

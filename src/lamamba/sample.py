@@ -364,7 +364,7 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
+    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
     from lamamba.models.compile import (compile_for_sampling, release_compiled, resolve_cuda_graphs,
                                         resolve_sampling_compile, run_or_fall_back, uncompile)
@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         checkpoint = resolve_checkpoint(args.checkpoint)
-        info = load_checkpoint_info(checkpoint)
+        info = load_model_info(checkpoint)
         model = load_pretrained(checkpoint, use_ema=not args.raw_weights, device=env.device)
         diffusion = create_diffusion(**info["diffusion"])
         n, labels = _labels(args, model.config.num_classes)

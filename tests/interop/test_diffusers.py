@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 import lamamba  # noqa: E402
 from lamamba import cli, sample  # noqa: E402
-from lamamba.checkpoint import save_pretrained  # noqa: E402
+from lamamba.pretrained import save_pretrained  # noqa: E402
 from lamamba.diffusion import create_diffusion  # noqa: E402
 
 TINY = {
@@ -128,9 +128,9 @@ def test_save_pretrained_round_trip_and_import_back(exported, tmp_path):
     assert (tmp_path / "back" / "checkpoints" / "0000012" / "model.safetensors").is_file()
     for key, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
-    from lamamba.checkpoint import load_checkpoint_info
+    from lamamba.pretrained import load_model_info
 
-    original, converted = load_checkpoint_info(run), load_checkpoint_info(tmp_path / "back")
+    original, converted = load_model_info(run), load_model_info(tmp_path / "back")
     assert converted["diffusion"] == original["diffusion"] and converted["num_classes"] == 10
 
 

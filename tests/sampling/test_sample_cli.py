@@ -6,7 +6,7 @@ from PIL import Image
 
 import lamamba
 from lamamba import sample
-from lamamba.checkpoint import save_pretrained
+from lamamba.pretrained import save_pretrained
 from lamamba.diffusion import SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise, create_diffusion
 
 

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from lamamba import sample, train
-from lamamba.checkpoint import load_checkpoint_info
+from lamamba.pretrained import load_model_info
 from lamamba.data import build_dataset
 
 
@@ -52,7 +52,7 @@ def test_digits_demo_samples_are_recognisable_and_diverse(tmp_path):
     tic = time.perf_counter()
     assert train.main(["--run-dir", str(run)]) == 0  # the built-in defaults, nothing else
     print(f"demo training: {time.perf_counter() - tic:.0f} s")
-    info = load_checkpoint_info(run)
+    info = load_model_info(run)
     assert (run / "samples" / f"{info['step']:07d}.png").is_file()
 
     out = tmp_path / "samples"

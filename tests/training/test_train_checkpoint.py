@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import lamamba
-from lamamba.checkpoint import (list_checkpoints, load_checkpoint_info, load_pretrained, resolve_checkpoint,
+from lamamba.pretrained import (list_checkpoints, load_model_info, load_pretrained, resolve_checkpoint,
                                 save_pretrained)
 
 
@@ -44,7 +44,7 @@ def test_round_trip_directory_and_lone_file(tmp_path):
     lone.parent.mkdir()
     shutil.copy(tmp_path / "ckpt" / "model.safetensors", lone)
     assert _same_weights(model, load_pretrained(lone))
-    assert load_checkpoint_info(lone)["image_size"] == 16
+    assert load_model_info(lone)["image_size"] == 16
 
 
 def test_run_directory_resolves_to_newest_checkpoint_and_raw_weights(tmp_path, train_tiny):
@@ -58,7 +58,7 @@ def test_run_directory_resolves_to_newest_checkpoint_and_raw_weights(tmp_path, t
     assert all(torch.equal(v, state[f"ema.{k}"]) for k, v in ema.state_dict().items())
     assert all(torch.equal(v, state[f"model.{k}"]) for k, v in raw.state_dict().items())
     assert not _same_weights(ema, raw)
-    assert load_checkpoint_info(run)["step"] == 2
+    assert load_model_info(run)["step"] == 2
     with pytest.raises(FileNotFoundError, match="raw weights"):
         load_pretrained(_strip_training_state(run), use_ema=False)
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lamamba.checkpoint import list_checkpoints
+from lamamba.pretrained import list_checkpoints
 from lamamba import distributed
 from lamamba.distributed import cpu_threads
 

@@ -12,7 +12,7 @@ import pytest
 
 import lamamba
 from lamamba import cli
-from lamamba.checkpoint import list_checkpoints
+from lamamba.pretrained import list_checkpoints
 
 TINY_ARGS = ["--model-arg", "embed_dim=8", "--model-arg", "cond_dim=16", "--global-batch-size", "8",
              "--sample-num", "0", "--no-tensorboard", "--log-every", "1"]

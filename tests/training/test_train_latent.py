@@ -5,7 +5,7 @@ import numpy as np
 
 from lamamba import sample
 from lamamba.autoencoder import load_vae
-from lamamba.checkpoint import load_checkpoint_info
+from lamamba.pretrained import load_model_info
 from lamamba.data import build_dataset, extract_latents
 
 
@@ -18,7 +18,7 @@ def _check_latent_run(run, vae_dir, tmp_path):
     config = json.loads((run / "run_config.json").read_text())
     assert config["data"]["space"] == "latent" and config["data"]["channels"] == 4
     assert config["model_config"]["in_channels"] == 4 and config["model_config"]["input_size"] == 8
-    info = load_checkpoint_info(run)
+    info = load_model_info(run)
     assert info["latent"]["vae"] == str(vae_dir) and info["image_size"] == 16 and info["image_channels"] == 3
     assert (run / "samples" / f"{info['step']:07d}.png").is_file()  # the grid is decoded through the VAE
     out = tmp_path / f"{run.name}-samples"

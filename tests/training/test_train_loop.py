@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import lamamba.training.checkpoint as training_checkpoint
-from lamamba.checkpoint import list_checkpoints, load_pretrained
+from lamamba.pretrained import list_checkpoints, load_pretrained
 from lamamba.training.checkpoint import load_checkpoint
 
 

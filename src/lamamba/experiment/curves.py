@@ -73,7 +73,7 @@ def _draw(cfg: ExperimentConfig, model, diffusion, n: int, cfg_scale: float, dev
 
 def curve_run(cfg: ExperimentConfig, run: Run) -> Path | None:
     """Score every kept checkpoint of ``run`` not yet in its ``curve.jsonl``; None when curves are off."""
-    from lamamba.checkpoint import list_checkpoints, load_checkpoint_info, load_pretrained
+    from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
     from lamamba.diffusion import create_diffusion
     from lamamba.distributed import pick_device
 
@@ -93,7 +93,7 @@ def curve_run(cfg: ExperimentConfig, run: Run) -> Path | None:
         if step in done:
             continue
         model = load_pretrained(checkpoint, use_ema=True, device=device)
-        diffusion = create_diffusion(**load_checkpoint_info(checkpoint)["diffusion"])
+        diffusion = create_diffusion(**load_model_info(checkpoint)["diffusion"])
         images = _draw(cfg, model, diffusion, cfg.curve_samples, 1.0, device)
         train_seconds = float(np.interp(step, steps, seconds))
         row: dict[str, Any] = dict(step=step, images=step * cfg.batch_size, train_seconds=train_seconds,

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lamamba.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint_info, resolve_checkpoint
+from lamamba.pretrained import CONFIG_FILE, WEIGHTS_FILE, load_model_info, resolve_checkpoint
 from lamamba.extras import require
 from lamamba.hub.card import model_card, newest_grid, run_directory
 from lamamba.hub.download import parse_hub_ref
@@ -24,7 +24,7 @@ GRID_FILE = "grid.png"
 def stage(checkpoint: str, repo_id: str, folder: Path) -> list[str]:
     """Write what ``push`` uploads into ``folder``: weights, config, ``README.md`` and ``grid.png`` if any."""
     resolved = resolve_checkpoint(checkpoint)
-    info = load_checkpoint_info(resolved)
+    info = load_model_info(resolved)
     shutil.copyfile(resolved if resolved.is_file() else resolved / WEIGHTS_FILE, folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     grid = newest_grid(run_directory(resolved), int(info.get("step", 0)))

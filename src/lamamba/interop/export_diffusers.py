@@ -26,13 +26,13 @@ def export_diffusers(checkpoint: str | os.PathLike, out: str | os.PathLike, *, v
 
     from diffusers import DDIMScheduler, DiTPipeline  # importable: diffusers_model checked it
 
-    from lamamba.checkpoint import load_checkpoint_info, load_pretrained, resolve_checkpoint
+    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty directory; choose a new output directory")
     resolved = resolve_checkpoint(checkpoint)
-    info = load_checkpoint_info(resolved)
+    info = load_model_info(resolved)
     transformer = LaMambaTransformer2DModel.from_lamamba(load_pretrained(resolved), info)
     latent = info.get("latent")
     if latent:

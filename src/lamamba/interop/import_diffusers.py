@@ -37,7 +37,7 @@ def import_diffusers(directory: str | os.PathLike, out: str | os.PathLike) -> Pa
     """Write the transformer's weights and inference config as ``out/checkpoints/<step>/``; the checkpoint path."""
     from lamamba.interop.diffusers_model import LaMambaTransformer2DModel
 
-    from lamamba.checkpoint import save_pretrained
+    from lamamba.pretrained import save_pretrained
 
     location, subfolder = _transformer_location(os.fspath(directory))
     kwargs = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}

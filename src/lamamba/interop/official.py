@@ -137,7 +137,7 @@ def official_to_lamamba(state: dict[str, Tensor], args: dict[str, Any]) -> tuple
 
 def convert_official(path: str | os.PathLike, out: str | os.PathLike, *, weights: str = "ema") -> Path:
     """Write the ``weights`` ("ema" or "model") of the released checkpoint ``path`` as a run ``out``."""
-    from lamamba.checkpoint import save_pretrained
+    from lamamba.pretrained import save_pretrained
 
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")

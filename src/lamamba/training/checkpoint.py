@@ -2,7 +2,7 @@
 
 A checkpoint is one directory ``checkpoints/<step:07d>/`` with
 
-* ``model.safetensors`` + ``config.json``: the EMA weights for inference (``lamamba.checkpoint``);
+* ``model.safetensors`` + ``config.json``: the EMA weights for inference (``lamamba.pretrained``);
 * ``training_state.safetensors``: every tensor of the training state under a prefix: ``model.*`` (raw
   weights), ``ema.*``, ``optimizer.<param index>.<key>``, ``rng.<rank>.torch`` / ``rng.<rank>.cuda``;
 * ``training_state.json``: everything else (step, data-loader position, optimizer hyper-parameters, Python and
@@ -29,7 +29,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from lamamba.checkpoint import (TRAINING_STATE_FILE, fsync_file, list_checkpoints, resolve_checkpoint,
+from lamamba.pretrained import (TRAINING_STATE_FILE, fsync_file, list_checkpoints, resolve_checkpoint,
                                 save_pretrained)
 from lamamba.io import share_like_umask
 

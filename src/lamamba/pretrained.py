@@ -1,6 +1,8 @@
-"""Self-describing inference checkpoints: ``model.safetensors`` + ``config.json``, and ``load_pretrained``.
+"""Inference weights (a pretrained model): ``model.safetensors`` + ``config.json``, and ``load_pretrained``.
 
-Training writes one directory per checkpoint, ``<run>/checkpoints/<step:07d>/``, holding
+"Checkpoint" means training state here (``lamamba.training.checkpoint``); a pretrained model is what sampling,
+evaluation and export load. Training writes one directory per checkpoint, ``<run>/checkpoints/<step:07d>/``, holding
+the pretrained model beside the training state:
 
 * ``model.safetensors``: the EMA weights (float32); the same JSON as ``config.json`` is embedded in the
   file's metadata, so the weight file alone describes itself;
@@ -30,7 +32,7 @@ from lamamba.hub.download import download_model, parse_hub_ref
 from lamamba.io import share_like_umask
 
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "TRAINING_STATE_FILE", "list_checkpoints",
-           "load_checkpoint_info", "load_pretrained", "resolve_checkpoint", "save_pretrained", "fsync_file"]
+           "load_model_info", "load_pretrained", "resolve_checkpoint", "save_pretrained", "fsync_file"]
 
 FORMAT = "lamamba-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -137,8 +139,8 @@ def _corrupt(path: Path, error: Exception) -> ValueError:
                       "(e.g. an earlier one in the run's checkpoints/ folder)")
 
 
-def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint (or the copy embedded in its weight file)."""
+def load_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a pretrained model (or the copy embedded in its weight file)."""
     resolved = resolve_checkpoint(path)
     config_path = (resolved.parent if resolved.is_file() else resolved) / CONFIG_FILE
     if resolved.is_dir() and config_path.is_file():
@@ -155,7 +157,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             raise _corrupt(weights, error) from error
         if text is None:
             if config_path.is_file():
-                return load_checkpoint_info(config_path.parent)
+                return load_model_info(config_path.parent)
             raise ValueError(f"{weights} carries no lamamba config and has no config.json beside it; "
                              "it was not written by lamamba")
         info = json.loads(text)
@@ -185,13 +187,13 @@ def load_pretrained(path: str | os.PathLike, *, use_ema: bool = True, device: st
     ``path``: a run directory (newest checkpoint), its ``checkpoints`` folder, a checkpoint directory, a
     ``.safetensors`` weight file or a Hub model id ``org/name[@revision]``. ``use_ema=False`` loads the raw
     (non-averaged) training weights, which only full training checkpoints hold. The checkpoint's
-    ``config.json`` is available as :func:`load_checkpoint_info`. Raises ``FileNotFoundError`` for a missing
+    ``config.json`` is available as :func:`load_model_info`. Raises ``FileNotFoundError`` for a missing
     file and ``ValueError`` for a corrupt one.
     """
     from lamamba.models import model_from_config
 
     resolved = resolve_checkpoint(path)
-    info = load_checkpoint_info(resolved)
+    info = load_model_info(resolved)
     if use_ema:
         state = _read_tensors(_weights_file(resolved))
     else:
