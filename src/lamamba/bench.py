@@ -319,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
     env = environment(device)
     env["peak_tflops"] = args.peak_tflops or (peak_tflops(env["card"]) if device.type == "cuda" else None)
     models = settings.pop("models")
+    scope = resolve_compile_scope(args.compile_scope, cuda_graphs=args.cuda_graphs)
     rows = []
     for name in models:
         variants = [] if args.compile == "only" else [False]
@@ -327,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         for compiled in variants:
             with fresh_inductor_cache() if compiled and args.fresh_cache else contextlib.nullcontext():
                 rows.append(bench_model(name, device=device, precision=args.precision, compile=compiled,
-                                        scope=resolve_compile_scope(args.compile_scope, cuda_graphs=args.cuda_graphs), cuda_graphs=args.cuda_graphs, steps=args.steps,
+                                        scope=scope, cuda_graphs=args.cuda_graphs, steps=args.steps,
                                         warmup=args.warmup, peak=env["peak_tflops"], **settings))
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the previous model's blocks back to the driver before the next

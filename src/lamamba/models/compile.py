@@ -30,7 +30,7 @@ for compiled one-process CUDA training: on an H200 LaMamba-Diff-S (33 M paramete
 faster than eager with the same losses (session 6), and LaMamba-Diff-XL (256 px, batch 64, whole model compiled)
 1.35x faster than compiled without them at the same peak memory (478 vs 354 img/s, 30.8 GiB; session 7;
 docs/PERFORMANCE.md). With them ``lamamba train`` compiles regionally unless told otherwise
-(:func:`resolve_compile_scope`), multi-process (DDP) runs too: under torchrun LaMamba-Diff-XL trained 2.1x faster so
+(:func:`resolve_compile_scope`), multi-process (DDP) runs too: under torchrun LaMamba-Diff-XL trained 2.1x faster
 than with the whole model compiled without CUDA graphs (120.6 vs 250.9 ms per step, host-bound; DiT-XL/2's
 whole-model compile: 123.4), and two ranks exchanging gradients followed eager's losses with equal parameters on both
 ranks (session 12). The whole model compiled for several processes keeps them off unless asked for (not measured).
