@@ -101,6 +101,45 @@ def test_keep_last_accumulation_checkpointing_bf16(tmp_path, train_tiny, read_me
     assert all(r["loss"] > 0 for r in read_metrics(run))
 
 
+def test_gradients_in_own_tensors_train_the_same(tmp_path, train_tiny, read_metrics, monkeypatch):
+    """With CUDA graphs and several micro-batches, gradients accumulate in place in tensors that live across steps
+    (zeroed, not freed: a graph-owned first gradient would be overwritten by the next micro-batch's replay). Forced
+    on the CPU here: the same losses and weights bit for bit, the same gradient storage at every step."""
+    from lamamba.training import Trainer
+
+    plain, own = tmp_path / "plain", tmp_path / "own"
+    assert train_tiny(plain, "--max-steps", 3, "--grad-accum", 2, "--ckpt-every", 3) == 0
+    monkeypatch.setattr(Trainer, "_gradients_in_own_tensors", property(lambda self: True))
+    storage, real_step = [], Trainer.train_step
+
+    def step(self, batches):
+        out = real_step(self, batches)
+        storage.append([p.grad.data_ptr() for p in self.model.parameters()])
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert train_tiny(own, "--max-steps", 3, "--grad-accum", 2, "--ckpt-every", 3) == 0
+    assert [r["loss"] for r in read_metrics(own)] == [r["loss"] for r in read_metrics(plain)]
+    a, b = (load_checkpoint(run / "checkpoints" / "0000003")[0] for run in (plain, own))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert len(storage) == 3 and storage[0] == storage[1] == storage[2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_with_accumulation_follows_eager(tmp_path, train_tiny, read_metrics):
+    """``lamamba train`` on a GPU, compiled with CUDA graphs (the default there) and two micro-batches per step, follows
+    eager: the same gradient norm at the first step (a gradient overwritten by the second micro-batch's replay would
+    hold one micro-batch of the two) and the same losses to bf16 rounding. No label dropout: its draws differ."""
+    common = ("--device", "cuda", "--max-steps", 4, "--grad-accum", 2, "--model-arg", "class_dropout_prob=0.0")
+    assert train_tiny(tmp_path / "eager", *common, "--no-compile") == 0
+    assert train_tiny(tmp_path / "graphed", *common, "--compile", "--cuda-graphs") == 0
+    eager, graphed = (read_metrics(tmp_path / run) for run in ("eager", "graphed"))
+    torch.testing.assert_close(graphed[0]["grad_norm"], eager[0]["grad_norm"], rtol=2e-2, atol=0)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in graphed]), torch.tensor([r["loss"] for r in eager]),
+                               rtol=2e-2, atol=1e-3)
+
+
 def test_user_errors_are_value_errors(tmp_path, train_tiny):
     from lamamba import train
     with pytest.raises(ValueError, match="not divisible"):

@@ -231,11 +231,23 @@ class Trainer:
         warmup = self.config.lr_warmup
         return self.config.lr * (min(1.0, step / warmup) if warmup else 1.0)
 
+    @property
+    def _gradients_in_own_tensors(self) -> bool:
+        """Whether gradients accumulate in place in tensors of their own (zeroed, not freed, between steps). Needed
+        with CUDA graphs and several micro-batches: autograd installs a first gradient as ``.grad`` without a copy,
+        and from a CUDA graph's backward that is graph-owned memory, which the next micro-batch's replay overwrites
+        (PyTorch issues 146569 and 169545: an error, or gradients that hold one micro-batch instead of the sum)."""
+        return self.cuda_graphs and self.config.grad_accum > 1
+
     def train_step(self, batches) -> dict[str, float]:
         """One optimizer step on ``grad_accum`` micro-batches from ``batches``; returns global means."""
         cfg, dev = self.config, self.env.device
         self.model.train()
         sums = torch.zeros(3, device=dev, dtype=torch.float64)
+        if self._gradients_in_own_tensors:
+            for p in self.model.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
         for micro in range(cfg.grad_accum):
             if self.cuda_graphs:  # a new iteration: outputs of the previous replays may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
@@ -269,7 +281,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self._gradients_in_own_tensors)
         self.ema.update()
         self.step += 1
         return {"loss": loss, "mse": mse, "vb": vb, "grad_norm": norm, "lr": lr}
