@@ -22,7 +22,8 @@ mode() {  # MODEL MODE
 timeout 150 torchrun --standalone --nproc_per_node="$gpus" -m lamamba.train --run-dir /tmp/ddp-smoke --max-steps 30 \
   --grad-accum 2 --log-every 10 --ckpt-every 30 --sample-every 30 --no-tensorboard > "$OUT/train-smoke.txt" 2>&1
 grep -E "compiled|first step|step +30|done|rror" "$OUT/train-smoke.txt" | grep -v Warn >> "$OUT/log.txt"
-timeout 120 python3 -m pytest -q -m gpu -p no:warnings --tb=short tests/training/test_train_loop.py 2>&1 | tail -3 \
+timeout 200 python3 -m pytest -q -m gpu -p no:warnings --tb=short tests/training/test_train_loop.py \
+  tests/training/test_train_ddp.py 2>&1 | tail -3 \
   >> "$OUT/log.txt"
 mode LaMamba-Diff-XL eager
 mode LaMamba-Diff-XL regional+cg

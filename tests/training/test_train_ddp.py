@@ -39,6 +39,18 @@ def _worker(rank, world_size, ports, run_dir):
         raise SystemExit(code)
 
 
+def _gpu_worker(rank, world_size, ports, run_dir):
+    """A rank of a two-process run on GPU 0: gloo, since NCCL refuses two ranks on one GPU (``lamamba train`` joins
+    the process group it finds)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(ports[0]))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    from lamamba import train
+    code = train.main(["--run-dir", run_dir, "--device", "cuda:0", "--grad-accum", "2", *TINY])
+    if code != 0:
+        raise SystemExit(code)
+
+
 def _losses(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -63,3 +75,20 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     with np.load(tmp_path / "one" / "samples.npz") as one, np.load(tmp_path / "ddp" / "sharded" / "samples.npz") as two:
         assert one["arr_0"].shape == (5, 16, 16, 1)
         assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_two_processes_with_cuda_graphs_follow_one_eager_process(tmp_path):
+    """``lamamba train``'s multi-GPU default (compiled regionally, CUDA graphs) in two processes exchanging gradients,
+    two micro-batches per step, follows one eager process at the same global batch (bf16 compile rounding only)."""
+    from lamamba import train
+    single, double = str(tmp_path / "single"), str(tmp_path / "ddp")
+    assert train.main(["--run-dir", single, "--device", "cuda", "--no-compile", "--grad-accum", "2", *TINY]) == 0
+    mp.start_processes(_gpu_worker, args=(2, _free_ports(1), double), nprocs=2, join=True, start_method="spawn")
+    config = json.loads((tmp_path / "ddp" / "run_config.json").read_text())
+    assert config["world_size"] == 2 and config["compiled"] and config["cuda_graphs"]
+    assert config["compile_scope"] == "regional"
+    a, b = _losses(single), _losses(double)
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=2e-2, abs=1e-3), key
