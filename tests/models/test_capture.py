@@ -24,7 +24,8 @@ class FakeGraph:
 
 
 @contextlib.contextmanager
-def fake_capture(graph, pool=None):
+def fake_capture(graph, pool=None, capture_error_mode="global"):
+    assert capture_error_mode == "thread_local"   # as Inductor's: other threads (NCCL's watchdog) may call CUDA
     FakeGraph.capturing = graph
     try:
         yield

@@ -89,6 +89,8 @@ class CapturedForward:
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
         graph = self.graph_factory()
-        with self.capture(graph, pool=self.pool), self._autocast(device):
+        # errors for unsafe CUDA calls from this thread only, as Inductor's CUDA graphs: under torchrun the process
+        # group's watchdog thread polls its events while this thread captures
+        with self.capture(graph, pool=self.pool, capture_error_mode="thread_local"), self._autocast(device):
             output = self._run(static)
         return _Capture(graph, {n: a for n, a in static.items() if isinstance(a, Tensor)}, output)
