@@ -1,7 +1,8 @@
 """One compile mode's training step under DistributedDataParallel, as ``lamamba train`` runs it under torchrun.
 
 Run with torchrun (one process per GPU); prints one JSON line (rank 0): the first steps' losses on fixed inputs
-(compare the modes' lines: compiled modes should follow eager to bf16 rounding) and the wall time per step over
+(compare the modes' lines: compiled modes should follow eager to bf16 rounding), the largest difference between the
+ranks' parameters after them (DDP keeps them equal: 0), and the wall time per step over
 ``--steps`` steps after ``--warmup`` (synchronised once at the end: a host-bound mode shows as such).
 
     torchrun --standalone --nproc_per_node=1 benchmarks/ddp_step.py --mode regional+cg --model LaMamba-Diff-XL
@@ -18,8 +19,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lamamba.diffusion import create_diffusion
-from lamamba.models import compile_model, create_model
 from lamamba.distributed import init_distributed, shutdown_distributed
+from lamamba.models import compile_model, create_model
 from lamamba.training.optim import adamw
 
 
