@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.data import build_dataset
 from lamamba.diffusion import create_diffusion
+from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.sample import generate, sample_seed
 
 

@@ -28,10 +28,10 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
     from lamamba.data.builtin import FashionMNISTDataset
     from lamamba.diffusion import create_diffusion
     from lamamba.distributed import pick_device
+    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="run directory, checkpoint directory or model.safetensors")

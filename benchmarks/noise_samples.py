@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.diffusion import create_diffusion
 from lamamba.experiment import fashion_mnist
 from lamamba.ops.window_attention import relative_position_index, window_geometry, window_partition
+from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.sample import generate, sample_seed, to_uint8
 
 THRESHOLD = 45.0  # lamamba.experiment.fashion_mnist.noise_fraction's threshold (of 255)

@@ -364,11 +364,11 @@ def _default_out(checkpoint: Path, info: dict, args: argparse.Namespace, steps: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
     from lamamba.diffusion import DEFAULT_STEPS, create_diffusion
+    from lamamba.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
     from lamamba.models.compile import (compile_for_sampling, release_compiled, resolve_cuda_graphs,
                                         resolve_sampling_compile, run_or_fall_back, uncompile)
-    from lamamba.distributed import barrier, init_distributed, set_cpu_threads, shutdown_distributed
+    from lamamba.pretrained import load_model_info, load_pretrained, resolve_checkpoint
 
     _check_args(args)
     env = init_distributed(args.device)

@@ -18,8 +18,8 @@ from huggingface_hub import constants  # noqa: E402
 
 import lamamba  # noqa: E402
 from lamamba import cli  # noqa: E402
-from lamamba.pretrained import save_pretrained  # noqa: E402
 from lamamba.hub.download import parse_hub_ref  # noqa: E402
+from lamamba.pretrained import save_pretrained  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

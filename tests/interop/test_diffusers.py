@@ -13,8 +13,8 @@ pytest.importorskip("diffusers")
 
 import lamamba  # noqa: E402
 from lamamba import cli, sample  # noqa: E402
-from lamamba.pretrained import save_pretrained  # noqa: E402
 from lamamba.diffusion import create_diffusion  # noqa: E402
+from lamamba.pretrained import save_pretrained  # noqa: E402
 
 TINY = {
     "DiT-S/2": dict(hidden_size=16, depth=1, num_heads=2),

@@ -6,8 +6,8 @@ from PIL import Image
 
 import lamamba
 from lamamba import sample
-from lamamba.pretrained import save_pretrained
 from lamamba.diffusion import SAMPLERS, cfg_first_half, cfg_model_kwargs, cfg_noise, create_diffusion
+from lamamba.pretrained import save_pretrained
 
 
 @pytest.fixture(scope="module")

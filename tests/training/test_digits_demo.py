@@ -17,8 +17,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from lamamba import sample, train
-from lamamba.pretrained import load_model_info
 from lamamba.data import build_dataset
+from lamamba.pretrained import load_model_info
 
 
 def _features(images):

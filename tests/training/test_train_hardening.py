@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lamamba.pretrained import list_checkpoints
 from lamamba import distributed
 from lamamba.distributed import cpu_threads
+from lamamba.pretrained import list_checkpoints
 
 
 @pytest.fixture(scope="module")

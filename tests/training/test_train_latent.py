@@ -5,8 +5,8 @@ import numpy as np
 
 from lamamba import sample
 from lamamba.autoencoder import load_vae
-from lamamba.pretrained import load_model_info
 from lamamba.data import build_dataset, extract_latents
+from lamamba.pretrained import load_model_info
 
 
 # 16 px -> 8x8 latents -> 4x4 tokens (2x2 patches); one merge keeps every map larger than 1x1 (the reference

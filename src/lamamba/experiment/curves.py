@@ -73,9 +73,9 @@ def _draw(cfg: ExperimentConfig, model, diffusion, n: int, cfg_scale: float, dev
 
 def curve_run(cfg: ExperimentConfig, run: Run) -> Path | None:
     """Score every kept checkpoint of ``run`` not yet in its ``curve.jsonl``; None when curves are off."""
-    from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
     from lamamba.diffusion import create_diffusion
     from lamamba.distributed import pick_device
+    from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 
     if cfg.curve_points <= 0:
         return None

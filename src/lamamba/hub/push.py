@@ -11,10 +11,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lamamba.pretrained import CONFIG_FILE, WEIGHTS_FILE, load_model_info, resolve_checkpoint
 from lamamba.extras import require
 from lamamba.hub.card import model_card, newest_grid, run_directory
 from lamamba.hub.download import parse_hub_ref
+from lamamba.pretrained import CONFIG_FILE, WEIGHTS_FILE, load_model_info, resolve_checkpoint
 
 __all__ = ["add_arguments", "run", "stage", "push"]
 

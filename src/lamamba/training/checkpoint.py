@@ -29,9 +29,9 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lamamba.io import share_like_umask
 from lamamba.pretrained import (TRAINING_STATE_FILE, fsync_file, list_checkpoints, resolve_checkpoint,
                                 save_pretrained)
-from lamamba.io import share_like_umask
 
 __all__ = ["STATE_JSON", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
            "find_resume_checkpoint", "clean_unfinished"]

@@ -16,8 +16,8 @@ from typing import Any
 from torch import Tensor
 
 from lamamba.data import LatentDataset, build_dataloader, build_dataset, is_latent_dir
-from lamamba.training.config import TrainConfig
 from lamamba.distributed import DistEnv
+from lamamba.training.config import TrainConfig
 
 __all__ = ["TrainingData", "build_training_data", "forever"]
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lamamba.sample import clip_default, generate, shard_range, to_uint8
 from lamamba.distributed import all_gather_objects, barrier
+from lamamba.sample import clip_default, generate, shard_range, to_uint8
 
 if TYPE_CHECKING:
     from lamamba.training.loop import Trainer

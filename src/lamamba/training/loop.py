@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from lamamba.diffusion import create_diffusion
+from lamamba.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models import compile_model, create_model
 from lamamba.models.compile import (cache_counts, describe_cache, release_compiled, resolve_compile,
@@ -49,7 +50,6 @@ from lamamba.sample import clip_default, generate, sample_seed, save_grid, to_ui
 from lamamba.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from lamamba.training.config import TrainConfig
 from lamamba.training.data import build_training_data, forever
-from lamamba.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from lamamba.training.ema import EMA
 from lamamba.training.grad_checkpoint import enable_gradient_checkpointing
 from lamamba.training.interrupt import Interrupted, StopSignals, signal_name

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lamamba.distributed import DistEnv, broadcast_object
 from lamamba.pretrained import TRAINING_STATE_FILE, list_checkpoints
 from lamamba.training.checkpoint import STATE_JSON, clean_unfinished, find_resume_checkpoint
 from lamamba.training.config import TrainConfig
-from lamamba.distributed import DistEnv, broadcast_object
 
 try:
     import fcntl
