@@ -6,7 +6,7 @@ warps per SM (65,536 registers / (255 x 32)), one eighth of the 64 an SM can hol
 latency, not by bandwidth or arithmetic (session 8's compiled profiles: the scan backward at ~10-20x from every
 throughput bound). Fewer registers per thread let more programs share an SM.
 
-    python benchmarks/kernel_registers.py                  # the backward/forward scan and AdaLN launches we use
+    python benchmarks/kernel_registers.py                  # the backward/forward scan and AdaLN, gated-norm and window-attention launches we use
     python benchmarks/kernel_registers.py --src .carry/base8/src   # another tree's kernels (imported from there)
 
 Triton here may be newer than on the GPU machine (3.9 vs 3.6): counts can differ by a few registers.
@@ -48,6 +48,11 @@ _GN_FWD_INTS = dict(n_rows=128 * _L, L=_L, d=_d, s_yn=_L * 4 * _d, s_yl=4 * _d, 
                     s_zl=2 * _d, s_on=_L * _d, s_ol=_d)
 _GN_BWD_INTS = dict(n_rows=128 * _L, L=_L, d=_d, blocks_per_program=62, s_gn=_L * _d, s_gl=_d, s_zn=_L * 2 * _d,
                     s_zl=2 * _d)
+_WA_FP32 = ("table_ptr", "lse_ptr", "dbias_ptr")
+_WA_INTS = dict(B=128, H=32, W=32, C=96, hd=16, heads=6, wh=8, ww=8, sh=4, sw=4, N=64, window=8, per_program=11,
+                s_qb=_L * 288, s_qp=288, s_ob=_L * 96, s_op=96)                 # LaMamba-Diff-S, stage 1, shifted
+_WA_XL = dict(_WA_INTS, B=64, C=320, hd=20, heads=16, per_program=15, s_qb=_L * 960, s_qp=960, s_ob=_L * 320,
+              s_op=320, sh=0, sw=0)                                            # LaMamba-Diff-XL, stage 1
 CASES = {
     "ss2d backward, 32 channels, 1 warp (default)": (
         "triton_ss2d_kernels", "ss2d_bwd_kernel", dict(_SS2D, STATE_ONLY=False, BLOCK_D=32, STAGES=1), 1, 1,
@@ -80,6 +85,15 @@ CASES = {
     "gated norm backward, d 192 (tile 4 x 256), 4 warps": (
         "gated_norm_kernels", "gated_norm_bwd_kernel", dict(ACC="fp32", BLOCK_R=4, BLOCK_D=256, STAGES=3), 4, 3,
         _GN_FP32, _GN_BWD_INTS),
+    "window attention forward, S stage 1 (64 x 16), 4 warps": (
+        "triton_window_attention_kernels", "window_attn_fwd_kernel", dict(BLOCK_N=64, BLOCK_D=16, PRECISION="tf32"),
+        4, 3, _WA_FP32, _WA_INTS),
+    "window attention backward, S stage 1 (64 x 16), 4 warps": (
+        "triton_window_attention_kernels", "window_attn_bwd_kernel", dict(BLOCK_N=64, BLOCK_D=16, PRECISION="tf32"),
+        4, 3, _WA_FP32, _WA_INTS),
+    "window attention backward, XL stage 1 (64 x 32), 4 warps": (
+        "triton_window_attention_kernels", "window_attn_bwd_kernel", dict(BLOCK_N=64, BLOCK_D=32, PRECISION="tf32"),
+        4, 3, _WA_FP32, _WA_XL),
 }
 
 
@@ -105,7 +119,7 @@ def resource_usage(kernel, constexprs: dict, num_warps: int, num_stages: int, fp
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in fp32 else "*bf16"
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name == "eps":
+        elif name in ("eps", "scale"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
