@@ -20,6 +20,7 @@ class WindowAttentionLaunch:
     """How the kernels share the samples among programs; replace ``LAUNCH`` (``dataclasses.replace``) to re-tune."""
     programs_per_sm: int = 8     # programs (window, head, block of samples) per SM the split aims for
     max_samples: int = 16        # samples one program loops over, at most
+    num_warps: int = 0           # 0: 4, or 8 for tiles of more than 8,192 elements
 
 
 LAUNCH = WindowAttentionLaunch()
@@ -31,7 +32,8 @@ def _launch(B: int, win_heads: int, N: int, hd: int, device: torch.device,
     """(samples per program, sample blocks, BLOCK_N, BLOCK_D, num_warps); plain integers, cached."""
     per = max(1, min(cfg.max_samples, B * win_heads // (cfg.programs_per_sm * sm_count(device))))
     block_n, block_d = max(16, next_power_of_2(N)), max(16, next_power_of_2(hd))
-    return per, -(-B // per), block_n, block_d, 4 if block_n * max(block_n, block_d) <= 8192 else 8
+    warps = cfg.num_warps or (4 if block_n * max(block_n, block_d) <= 8192 else 8)
+    return per, -(-B // per), block_n, block_d, warps
 
 
 @functools.lru_cache(maxsize=None)
