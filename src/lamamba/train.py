@@ -185,9 +185,11 @@ def run(args: argparse.Namespace) -> int:
             if env.is_main:
                 (run_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
             log.info("run directory %s (preset %s)", run_dir, config.preset)
-            log.info("%s: %.2f M parameters, %s, %d process(es) on %s%s, %s%s, batch %d per process x %d "
+            where = (f"1 process on {env.device}" if env.world_size == 1 else
+                     f"{env.world_size} processes on {env.device.type}, one device each")
+            log.info("%s: %.2f M parameters, %s, %s%s, %s%s, batch %d per process x %d "
                      "accumulation", config.model, trainer.num_parameters() / 1e6, resolved["data"]["dataset"],
-                     env.world_size, env.device, f" ({threads} threads)" if threads else "", trainer.precision,
+                     where, f" ({threads} threads)" if threads else "", trainer.precision,
                      f", compiled ({trainer.compile_scope}{', CUDA graphs' if trainer.cuda_graphs else ''})"
                      if trainer.compiled else "", trainer.per_rank_batch, config.grad_accum)
             directory.started = True

@@ -4,6 +4,8 @@ construction of index tensors out of it;
 regional compilation traces one graph per distinct block, not per block, and keeps the model's interface."""
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,6 +148,20 @@ def test_inductor_cache_dir_order(monkeypatch, tmp_path):
     assert inductor_cache_dir() == tmp_path / "lm" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
     assert inductor_cache_dir() == tmp_path / "ind"
+    # PyTorch sets the variable to its default /tmp folder when torch._dynamo is imported: that counts as unset
+    from torch._inductor.runtime.runtime_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert inductor_cache_dir() == tmp_path / "lm" / "inductor"
+
+
+def test_importing_the_package_keeps_the_persistent_cache(tmp_path):
+    """In a new process without the variables, the cache after importing lamamba (and torch._dynamo) is ours."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "LAMAMBA_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    code = ("import torch._dynamo, lamamba.train\nfrom lamamba.models.compile import use_persistent_cache\n"
+            "print(use_persistent_cache())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == str(tmp_path / "lamamba" / "inductor")
 
 
 def test_persistent_caches_are_set_before_the_first_kernel(monkeypatch, tmp_path):

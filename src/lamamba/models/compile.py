@@ -18,7 +18,8 @@ and the last, smaller one). Dynamo's per-function recompile limit is raised, whe
 block (train and sample, two batch sizes each); past it a block runs eager.
 
 The Inductor cache (compiled kernels, FX graphs, AOT autograd results) persists across runs in
-``$TORCHINDUCTOR_CACHE_DIR`` if that is set, else ``$LAMAMBA_CACHE_DIR/inductor``, else
+``$TORCHINDUCTOR_CACHE_DIR`` if that is set (to anything but PyTorch's default, which importing ``torch._dynamo``
+sets), else ``$LAMAMBA_CACHE_DIR/inductor``, else
 ``$XDG_CACHE_HOME/lamamba/inductor`` (``~/.cache/lamamba/inductor``) instead of PyTorch's default under
 ``/tmp``, which a reboot empties; Triton's kernels (Inductor's and this package's) in its ``triton`` folder unless
 ``$TRITON_CACHE_DIR`` is set. The variables are set when a model is compiled, never at import.
@@ -70,10 +71,22 @@ _COMPILED: dict[tuple, Callable] = {}
 COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,)
 
 
+def _pytorch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.runtime_utils import default_cache_dir
+    except ImportError:          # a PyTorch without it: every value of the variable counts
+        return None
+    return os.path.abspath(default_cache_dir())
+
+
 def inductor_cache_dir() -> Path:
-    """Where compiled kernels persist (see the module docstring for the order of the variables)."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    """Where compiled kernels persist (see the module docstring for the order of the variables).
+
+    ``TORCHINDUCTOR_CACHE_DIR`` equal to PyTorch's default (``/tmp/torchinductor_$USER``) counts as unset: importing
+    ``torch._dynamo`` (this package does) sets the variable to it, which had kept every run in ``/tmp``."""
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given and os.path.abspath(given) != _pytorch_default_cache_dir():
+        return Path(given)
     if os.environ.get("LAMAMBA_CACHE_DIR"):
         return Path(os.environ["LAMAMBA_CACHE_DIR"]) / "inductor"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
