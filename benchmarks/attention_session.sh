@@ -4,7 +4,8 @@
 #   GPU 0: the GPU tests of the kernels (op at model shapes, the whole kernel-route model, window attention), the
 #          op alone against the PyTorch route with launch variants (benchmarks/bench_window_attention.py), then
 #          LaMamba-Diff-S (32 px, batch 128) eager and regional + CUDA graphs, this tree and the base tree.
-#   GPU 1: LaMamba-Diff-XL (256 px, batch 64) the same, base tree first, then DiT-XL/2 if time is left.
+#   GPU 1: LaMamba-Diff-XL (256 px, batch 64) the same, this tree first; on one GPU (PART=gpu1) the kernel's GPU
+#          tests first and DiT-XL/2 (compiled) last.
 # BASE: the tree before the kernels (git archive <commit> src | tar -x -C .carry/base13; carry .carry/base13).
 # Both GPUs' processes compile at the same time on one host: cold compile times are upper bounds.
 set -uo pipefail
@@ -29,8 +30,11 @@ gpu0() {
   bench base --preset fashion-mnist --model LaMamba-Diff-S
 }
 gpu1() {
-  bench base --model LaMamba-Diff-XL --image-size 256 --batch-size 64
+  [ -f "$OUT/gpu-tests.txt" ] || timeout 100 python3 -m pytest -q -p no:warnings --tb=short \
+    tests/ops/test_triton_window_attention.py 2>&1 | tail -8 > "$OUT/gpu-tests.txt"
   bench new --model LaMamba-Diff-XL --image-size 256 --batch-size 64
+  bench base --model LaMamba-Diff-XL --image-size 256 --batch-size 64
+  [ "${CUDA_VISIBLE_DEVICES}" = 0 ] && bench new --compile only --model DiT-XL/2 --image-size 256 --batch-size 64
 }
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   ( export CUDA_VISIBLE_DEVICES=0; gpu0 ) &

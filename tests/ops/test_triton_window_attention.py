@@ -61,7 +61,7 @@ def gradients(fn, x, ps, *args):
     leaves = [t.detach().clone().requires_grad_(True) for t in [x] + ps]
     out = fn(*leaves, *args)
     g = torch.Generator().manual_seed(1)
-    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device)
     grads = torch.autograd.grad((out.double() * d_out).sum(), leaves)
     return out, grads
 
