@@ -4,9 +4,10 @@
 #   GPU 0 (large): the GPU tests of the compiled paths (the captured forward, lamamba sample --compile --cuda-graphs,
 #          training with CUDA graphs in both scopes against eager); then
 #          LaMamba-Diff-XL (256 px, batch 64): regional + CUDA graphs in an empty cache (cold), the same in a second
-#          process (the warm start users get), whole-model + CUDA graphs in another empty cache; DiT-XL/2 whole-model.
+#          process (the warm start users get), whole-model + CUDA graphs in another empty cache; DiT-XL/2 whole-model
+#          and regional (each model's fastest mode is what the issue's targets compare).
 #   GPU 1 (small): LaMamba-Diff-S (32 px, batch 128) the same three runs, a cProfile of the regional warm start
-#          (benchmarks/warm_start_profile.py), then DiT-S/2 whole-model + CUDA graphs.
+#          (benchmarks/warm_start_profile.py), then DiT-S/2 whole-model and regional + CUDA graphs.
 # Training steps compile with the scope given; sampling forwards as lamamba sample does (compile_for_sampling: regional
 # = blocks compiled, the whole forward captured as one CUDA graph). Both GPUs' processes compile at the same time on
 # one host (two GPUs), so cold compile times are upper bounds.
@@ -35,12 +36,15 @@ large() {
     > "$OUT/gpu-tests.txt"
   scopes XL --model LaMamba-Diff-XL --image-size 256 --batch-size 64
   bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
+  bench "DiT-XL/2 regional, cold" /tmp/c-dit-xl-regional --compile-scope regional --model DiT-XL/2 --image-size 256 \
+    --batch-size 64
 }
 small() {
   scopes S --preset fashion-mnist --model LaMamba-Diff-S
   LAMAMBA_CACHE_DIR=/tmp/c-S-regional timeout "$(left)" python3 benchmarks/warm_start_profile.py \
     > "$OUT/warm-start-profile-S.txt" 2>&1   # a third process on the regional cache: where its warm start goes
   bench "DiT-S/2 full, cold" /tmp/c-dit-s --compile-scope full --preset fashion-mnist --model DiT-S/2
+  bench "DiT-S/2 regional, cold" /tmp/c-dit-s-regional --compile-scope regional --preset fashion-mnist --model DiT-S/2
 }
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   ( export CUDA_VISIBLE_DEVICES=0; large ) &
