@@ -9,7 +9,6 @@ backward, the kernel's launch variants, and each route's largest relative differ
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 
@@ -20,8 +19,9 @@ from lamamba.ops.window_attention import window_attention
 
 # name: (batch, map side, channels, heads, shift)
 SHAPES = {
-    "S stage 1, shifted": (128, 32, 96, 6, 4), "S stage 1": (128, 32, 96, 6, 0), "S stage 2, shifted": (128, 16, 192, 6, 4),
-    "S stage 3": (128, 8, 384, 6, 0), "XL stage 1, shifted": (64, 32, 320, 16, 4), "XL stage 2, shifted": (64, 16, 640, 16, 4),
+    "S stage 1, shifted": (128, 32, 96, 6, 4), "S stage 1": (128, 32, 96, 6, 0),
+    "S stage 2, shifted": (128, 16, 192, 6, 4), "S stage 3": (128, 8, 384, 6, 0),
+    "XL stage 1, shifted": (64, 32, 320, 16, 4), "XL stage 2, shifted": (64, 16, 640, 16, 4),
     "XL stage 3": (64, 8, 1280, 16, 0)}
 VARIANTS = {"default": kernel.WindowAttentionLaunch(), "4 per SM": kernel.WindowAttentionLaunch(programs_per_sm=4),
             "32 per SM": kernel.WindowAttentionLaunch(programs_per_sm=32),
