@@ -1,7 +1,8 @@
 """Window attention alone on a GPU: the Triton route (``lamamba.ops.triton_window_attention``) against the PyTorch
 route (roll, windows, ``scaled_dot_product_attention`` with the bias as a mask, reverse), with the qkv and output
 projections, at LaMamba-Diff-S's and -XL's stage shapes (256 px latents / 32 px pixels), bf16 autocast as in
-training, eager. Prints ms per call (CUDA events, median of ``--reps``) forward without gradients and forward +
+training. Prints ms per call (CUDA events, median of ``--reps``; each call captured as a CUDA graph and replayed,
+so GPU time only, or eager calls with ``--eager``, as session 13 timed them) forward without gradients and forward +
 backward, the kernel's launch variants, and each route's largest relative difference from the PyTorch route.
 
     python benchmarks/bench_window_attention.py
@@ -30,9 +31,20 @@ VARIANTS = {"default": kernel.WindowAttentionLaunch(), "4 per SM": kernel.Window
             "8 warps": kernel.WindowAttentionLaunch(num_warps=8), "2 warps": kernel.WindowAttentionLaunch(num_warps=2)}
 
 
-def timed(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
+def timed(fn, reps: int, graph: bool) -> float:
+    """Median ms per call; with ``graph``, of replays of ``fn`` captured as one CUDA graph (GPU time without the
+    host's launch overhead, which dominates eager calls at these sizes)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        fn = g.replay
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -47,6 +59,8 @@ def timed(fn, reps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--eager", action="store_true", help="time eager calls (host overhead included) instead of "
+                    "replays of each call captured as a CUDA graph")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     print(f"{torch.cuda.get_device_name()}, PyTorch {torch.__version__}")
@@ -79,7 +93,8 @@ def main() -> None:
                 ref = (out.float(), [g.float() for g in grads])
             err = ((out.float() - ref[0]).abs().max() / ref[0].abs().max()).item()
             gerr = max(((g.float() - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, ref[1]))
-            print(f"{name:<22} {route:<16} {timed(forward, args.reps):>8.3f} {timed(step, args.reps):>11.3f} "
+            fwd_ms, step_ms = (timed(f, args.reps, not args.eager) for f in (forward, step))
+            print(f"{name:<22} {route:<16} {fwd_ms:>8.3f} {step_ms:>11.3f} "
                   f"{err:>8.1e} {gerr:>9.1e}", flush=True)
         kernel.LAUNCH = VARIANTS["default"]
 
