@@ -76,9 +76,10 @@ def triton_route(monkeypatch):
 
 
 # (B, H, W, C, heads, window, shift): shifted square windows; unshifted; one whole-map window (small maps: no
-# shift); non-square map with both axes shifted; an axis not longer than the window (shifted along rows only)
-GEOMETRIES = [(2, 8, 8, 16, 2, 4, 2), (2, 8, 8, 16, 2, 4, 0), (3, 4, 4, 12, 3, 8, 4), (1, 8, 12, 16, 4, 4, 2),
-              (2, 12, 4, 16, 2, 4, 2)]
+# shift); one of 36 tokens (a partly filled tile); non-square map with both axes shifted; an axis not longer than
+# the window (shifted along rows only)
+GEOMETRIES = [(2, 8, 8, 16, 2, 4, 2), (2, 8, 8, 16, 2, 4, 0), (3, 4, 4, 12, 3, 8, 4), (2, 6, 6, 8, 2, 8, 4),
+              (1, 8, 12, 16, 4, 4, 2), (2, 12, 4, 16, 2, 4, 2)]
 
 
 @interpreter
@@ -111,16 +112,20 @@ def test_samples_split_among_programs(triton_route, monkeypatch, max_samples, pr
 
 
 @interpreter
-def test_padded_maps_and_float64_take_the_pytorch_route(triton_route, monkeypatch):
-    """Maps the window does not divide and float64 activations use scaled_dot_product_attention."""
+def test_padded_maps_large_windows_and_float64_take_the_pytorch_route(triton_route, monkeypatch):
+    """Maps the window does not divide, windows of more than 64 tokens (global attention on a stage's whole map)
+    and float64 activations use scaled_dot_product_attention."""
     ps = params(8, 2, 4, torch.float64)
     padded = torch.randn(1, 6, 10, 8, dtype=torch.float64)
     divisible = torch.randn(1, 8, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(window_attention(divisible, *ps, 2, 4, 2), naive(divisible, *ps, 2, 4, 2))
     out = window_attention(padded.float(), *[p.float() for p in ps], 2, 4, 2)
+    big = params(8, 2, 12, torch.float32)
+    whole_map = window_attention(torch.randn(1, 12, 12, 8), *big, 2, 12, 0)         # one window of 144 tokens
     assert triton_route == []
     monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "reference")
     torch.testing.assert_close(out, window_attention(padded.float(), *[p.float() for p in ps], 2, 4, 2))
+    assert whole_map.shape == (1, 12, 12, 8)
 
 
 @interpreter

@@ -8,8 +8,9 @@ graph then reads them like weights and never traces their construction, however 
 On the Triton route (``lamamba.ops.selective_scan.scan_backend``: CUDA with Triton, or
 ``LAMAMBA_SCAN_BACKEND=triton``) and maps the window divides, the attention itself is one kernel each way
 (``lamamba.ops.triton_window_attention``) that reads the projected map in place: no roll, window partition,
-head split or bias tensor is materialised. Elsewhere (CPU, padded maps, ``qk_norm``, float64) the PyTorch
-route below computes the same thing with ``scaled_dot_product_attention``.
+head split or bias tensor is materialised. Elsewhere (CPU, padded maps, windows of more than 64 tokens such as
+``attention="global"``, ``qk_norm``, float64) the PyTorch route below computes the same thing with
+``scaled_dot_product_attention``.
 
 Window geometry (``window_geometry``): each axis uses window ``min(window, side)``; an axis whose side is
 not larger than the window is a single whole-axis window and is never shifted (the released code's rule
@@ -25,6 +26,7 @@ from torch import Tensor
 from lamamba.ops.selective_scan import scan_backend
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KERNEL_MAX_TOKENS = 64     # a window is one tile of the kernels (Swin's 8 x 8); larger ones (global attention) use SDPA
 _cache: dict[tuple, Tensor] = {}
 
 
@@ -115,8 +117,8 @@ def window_attention(x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None, pro
     B, H, W, C = x.shape
     wh, ww, sh, sw = window_geometry(H, W, window, shift)
     pad_h, pad_w = (-H) % wh, (-W) % ww
-    if (qk_norm is None and not (pad_h or pad_w) and x.dtype in _KERNEL_DTYPES and qkv_weight.dtype in _KERNEL_DTYPES
-            and scan_backend(x.device) == "triton"):
+    if (qk_norm is None and not (pad_h or pad_w) and wh * ww <= _KERNEL_MAX_TOKENS and x.dtype in _KERNEL_DTYPES
+            and qkv_weight.dtype in _KERNEL_DTYPES and scan_backend(x.device) == "triton"):
         from lamamba.ops import triton_window_attention as kernel
         qkv = F.linear(x, qkv_weight, qkv_bias)                # per token: commutes with the roll and the windows
         out = kernel.window_attention(qkv, bias_table, num_heads, window, wh, ww, sh, sw)
