@@ -145,7 +145,7 @@ def window_attention(qkv: Tensor, table: Tensor, heads: int, window: int, wh: in
                      sw: int) -> Tensor:
     """Attention output (B, H, W, C) of the projected map ``qkv`` (B, H, W, 3C); windows ``wh x ww`` dividing the
     map, shifts ``(sh, sw)``, bias ``table`` ((2 window - 1)**2, heads)."""
-    qkv = qkv.contiguous()
+    qkv, table = qkv.contiguous(), table.contiguous()
     args = (qkv, table, heads, window, wh, ww, sh, sw)
     traced = torch.compiler.is_compiling() or qkv.device.type == "meta"
     return _fwd(*args)[0] if traced else _Eager.apply(*args)[0]
