@@ -6,7 +6,7 @@ warps per SM (65,536 registers / (255 x 32)), one eighth of the 64 an SM can hol
 latency, not by bandwidth or arithmetic (session 8's compiled profiles: the scan backward at ~10-20x from every
 throughput bound). Fewer registers per thread let more programs share an SM.
 
-    python benchmarks/kernel_registers.py                  # the backward/forward scan and AdaLN, gated-norm and window-attention launches we use
+    python benchmarks/kernel_registers.py                  # the launches we use (scan, AdaLN, gated norm, attention)
     python benchmarks/kernel_registers.py --src .carry/base8/src   # another tree's kernels (imported from there)
 
 Triton here may be newer than on the GPU machine (3.9 vs 3.6): counts can differ by a few registers.
