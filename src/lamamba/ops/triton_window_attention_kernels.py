@@ -60,6 +60,27 @@ def _bias_tile(table_ptr, head, heads, ri, ci, region, valid, window):
 
 
 @triton.jit
+def _program_tiles(pid, table_ptr, H, W, hd, heads, wh, ww, sh, sw, N, window, s_qp, s_op,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """What program ``pid`` (window * heads + head) keeps across its samples: (bias tile, token valid, token x
+    channel mask, offsets of the head's q channels in ``qkv`` and of its channels in ``o``, within a sample)."""
+    head = pid % heads
+    pix, ri, ci, region, valid = _window_tokens(pid // heads, H, W, wh, ww, sh, sw, N, BLOCK_N)
+    bias = _bias_tile(table_ptr, head, heads, ri, ci, region, valid, window)
+    d = tl.arange(0, BLOCK_D)
+    td = valid[:, None] & (d[None, :] < hd)
+    return (bias, valid, td, pix[:, None] * s_qp + head * hd + d[None, :],
+            pix[:, None] * s_op + head * hd + d[None, :])
+
+
+@triton.jit
+def _load_qkv(base, q_off, C, td):
+    """One sample's q, k and v tiles of the program's window and head."""
+    return (tl.load(base + q_off, mask=td, other=0.0), tl.load(base + C + q_off, mask=td, other=0.0),
+            tl.load(base + 2 * C + q_off, mask=td, other=0.0))
+
+
+@triton.jit
 def window_attn_fwd_kernel(
         qkv_ptr, table_ptr, o_ptr, lse_ptr,
         B, H, W, C, hd, heads, wh, ww, sh, sw, N, window, per_program, scale,
@@ -67,21 +88,13 @@ def window_attn_fwd_kernel(
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """``o`` (batch, H, W, C) and the rows' log-sum-exp ``lse`` (batch, windows * heads, N), float32."""
     pid = tl.program_id(0)                       # window * heads + head
-    head = pid % heads
-    pix, ri, ci, region, valid = _window_tokens(pid // heads, H, W, wh, ww, sh, sw, N, BLOCK_N)
-    bias = _bias_tile(table_ptr, head, heads, ri, ci, region, valid, window)
-    d = tl.arange(0, BLOCK_D)
-    td = valid[:, None] & (d[None, :] < hd)
-    q_off = pix[:, None] * s_qp + head * hd + d[None, :]
-    o_off = pix[:, None] * s_op + head * hd + d[None, :]
+    bias, valid, td, q_off, o_off = _program_tiles(pid, table_ptr, H, W, hd, heads, wh, ww, sh, sw, N, window,
+                                                   s_qp, s_op, BLOCK_N, BLOCK_D)
     n_win_heads = tl.num_programs(0)
     b0 = tl.program_id(1).to(tl.int64) * per_program
     for i in range(0, tl.minimum(per_program, B - b0)):
         b = b0 + i
-        base = qkv_ptr + b * s_qb
-        q = tl.load(base + q_off, mask=td, other=0.0)
-        k = tl.load(base + C + q_off, mask=td, other=0.0)
-        v = tl.load(base + 2 * C + q_off, mask=td, other=0.0)
+        q, k, v = _load_qkv(qkv_ptr + b * s_qb, q_off, C, td)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + bias
         m = tl.max(s, 1)
         p = tl.exp(s - m[:, None])
@@ -101,22 +114,14 @@ def window_attn_bwd_kernel(
     """``dqkv`` (qkv's layout) and this program's sum over its samples of the logits' gradient, ``dbias``
     (sample blocks, windows * heads, N, N), float32."""
     pid = tl.program_id(0)
-    head = pid % heads
-    pix, ri, ci, region, valid = _window_tokens(pid // heads, H, W, wh, ww, sh, sw, N, BLOCK_N)
-    bias = _bias_tile(table_ptr, head, heads, ri, ci, region, valid, window)
-    d = tl.arange(0, BLOCK_D)
-    td = valid[:, None] & (d[None, :] < hd)
-    q_off = pix[:, None] * s_qp + head * hd + d[None, :]
-    o_off = pix[:, None] * s_op + head * hd + d[None, :]
+    bias, valid, td, q_off, o_off = _program_tiles(pid, table_ptr, H, W, hd, heads, wh, ww, sh, sw, N, window,
+                                                   s_qp, s_op, BLOCK_N, BLOCK_D)
     n_win_heads = tl.num_programs(0)
     ds_sum = tl.zeros([BLOCK_N, BLOCK_N], tl.float32)
     b0 = tl.program_id(1).to(tl.int64) * per_program
     for i in range(0, tl.minimum(per_program, B - b0)):
         b = b0 + i
-        base = qkv_ptr + b * s_qb
-        q = tl.load(base + q_off, mask=td, other=0.0)
-        k = tl.load(base + C + q_off, mask=td, other=0.0)
-        v = tl.load(base + 2 * C + q_off, mask=td, other=0.0)
+        q, k, v = _load_qkv(qkv_ptr + b * s_qb, q_off, C, td)
         do = tl.load(do_ptr + b * s_ob + o_off, mask=td, other=0.0)
         lse = tl.load(lse_ptr + (b * n_win_heads + pid) * N + tl.arange(0, BLOCK_N), mask=valid,
                       other=0.0)
