@@ -1,6 +1,7 @@
 """Profile one training step (forward, diffusion loss, backward, AdamW) on CUDA and group GPU time by kind.
 
     python benchmarks/profile_step.py --model LaMamba-Diff-XL --image-size 256 --batch-size 64 [--compile]
+    python benchmarks/profile_step.py --compile --compile-scope regional --cuda-graphs   # lamamba train's GPU default
     python benchmarks/profile_step.py --preset fashion-mnist --model LaMamba-Diff-S   # 32x32 pixels, batch 128
 
 Besides GPU time it prints the host (wall) time of a step and the number of kernel launches: a step whose wall
@@ -41,6 +42,10 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-scope", choices=("regional", "full"), default="full",
+                   help="with --compile: compile_model's scope (lamamba train's default with CUDA graphs: regional)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="with --compile: replay the compiled graphs as CUDA graphs (mode reduce-overhead)")
     p.add_argument("--rows", type=int, default=30)
     args = p.parse_args()
     preset = PRESETS[args.preset]
@@ -52,7 +57,8 @@ def main() -> None:
                          latent_downsample=preset["latent_downsample"]).cuda()
     # the library's whole-model compilation: a plain torch.compile(model) before any eager call would trace the
     # construction of the index tensors into the graph and run it on the host (it failed so in Inductor's C++)
-    net = compile_model(model, scope="full") if args.compile else model
+    net = compile_model(model, scope=args.compile_scope, cuda_graphs=args.cuda_graphs) if args.compile else model
+    mark_step = torch.compiler.cudagraph_mark_step_begin if args.compile and args.cuda_graphs else (lambda: None)
     diffusion = create_diffusion()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
     side = model.config.input_size
@@ -61,6 +67,7 @@ def main() -> None:
     y = torch.randint(0, classes, (args.batch_size,), device="cuda")
 
     def step():
+        mark_step()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = diffusion.training_losses(net, x, t, dict(y=y))["loss"].mean()
         loss.backward()
@@ -87,7 +94,8 @@ def main() -> None:
         name = e.key
         group = next((g for g, keys in GROUPS if any(k.lower() in name.lower() for k in keys)), "other")
         groups[group] += e.self_device_time_total
-    print(f"{args.model} {args.image_size}px batch {args.batch_size} compiled={args.compile}: "
+    mode = f"{args.compile_scope}{'+cg' if args.cuda_graphs else ''}" if args.compile else "eager"
+    print(f"{args.model} {args.image_size}px batch {args.batch_size} {mode}: "
           f"GPU time per step {total / 2 / 1000:.1f} ms, wall time {wall_ms:.1f} ms, "
           f"{launches // 2} kernels per step")
     for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
