@@ -15,7 +15,7 @@ from lamamba.models import compile_model
 from lamamba.models import compile as compile_module
 from lamamba.models.compile import (compile_for_sampling, inductor_cache_dir, release_compiled, resolve_compile_scope,
                                     resolve_cuda_graphs)
-from lamamba.ops import scan_paths, window_attention
+from lamamba.ops import scan_paths, window_layout
 
 VARIANTS = [dict(), dict(attention="none"), dict(attention="global"), dict(shift=False), dict(skip="concat"),
             dict(layout="isotropic", patch_size=2, isotropic_depth=2)]
@@ -47,7 +47,7 @@ def test_compile_model_one_graph_without_index_construction(overrides):
     capture = _target_backend(targets)
     torch._dynamo.reset()
     scan_paths._device_cache.clear()   # start cold: compile_model's warm-up must fill the caches
-    window_attention._cache.clear()
+    window_layout._cache.clear()
     model = tiny(**overrides).train()
     net = compile_model(model, scope="full", backend=capture, fullgraph=True)  # a graph break raises
     assert model.training                                          # the warm-up forward restored the mode
@@ -229,7 +229,7 @@ def test_plain_torch_compile_does_not_build_window_tables():
     targets: list[str] = []
     torch._dynamo.reset()
     model = tiny().train()
-    window_attention._cache.clear()   # cold after construction: only the model's own buffers hold the tables
+    window_layout._cache.clear()   # cold after construction: only the model's own buffers hold the tables
     assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in model.state_dict())  # not saved
     out = torch.compile(model, backend=_target_backend(targets), fullgraph=True)(*inputs())
     assert out.shape == (2, 2, 16, 16)

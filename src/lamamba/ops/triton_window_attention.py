@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lamamba.ops import triton_window_attention_kernels as kernels
 from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count
+from lamamba.ops.window_layout import relative_position_index
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,7 @@ def _launch(B: int, win_heads: int, N: int, hd: int, device: torch.device,
 def _pair_to_table(wh: int, ww: int, window: int, device: torch.device) -> Tensor:
     """(table rows, N * N) float32 0/1 matrix: token pairs -> their bias table row (the table's gradient as a
     product: deterministic, unlike a scatter-add)."""
-    r, c = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
-    r, c = r.flatten(), c.flatten()
-    index = ((r[:, None] - r[None, :] + window - 1) * (2 * window - 1) + c[:, None] - c[None, :] + window - 1).flatten()
+    index = relative_position_index(wh, ww, window).flatten()
     onehot = torch.zeros((2 * window - 1) ** 2, index.numel())
     onehot[index, torch.arange(index.numel())] = 1.0
     return onehot.to(device)
