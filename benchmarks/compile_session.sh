@@ -3,9 +3,10 @@
 # nvidia-h200-x2 (~8 min; on one GPU two calls, PART=large then PART=small); output in $OUT.
 #   GPU 0 (large, 256 px batch 64): LaMamba-Diff-XL regional in an empty cache (cold), the same in a second process
 #          (the warm start users get), DiT-XL/2 whole-model and regional, then LaMamba-Diff-XL whole-model (each
-#          model's fastest mode is what the issue's targets compare). TESTS=1: first the compiled paths' GPU tests.
-#   GPU 1 (small, 32 px batch 128): LaMamba-Diff-S, DiT-S/2 the same. PROFILE=1: then a cProfile of S's warm start
-#          (benchmarks/warm_start_profile.py).
+#          model's fastest mode is what the issue's targets compare).
+#   GPU 1 (small, 32 px batch 128): LaMamba-Diff-S, DiT-S/2 the same.
+#   TESTS=1: each part first runs the compiled paths' GPU tests (at most TESTS_S seconds, 200); PROFILE=1: a profile
+#   of a LaMamba-Diff training step in that default (benchmarks/profile_step.py) before the whole-model run.
 # Training steps compile with the scope given; sampling forwards as lamamba sample does (compile_for_sampling: regional
 # = blocks compiled, the whole forward captured as one CUDA graph). On two GPUs both processes compile at the same time
 # on one host, so cold compile times are upper bounds.
@@ -23,25 +24,36 @@ bench() {  # LABEL CACHE ARGS...: lamamba bench, every model compiled with CUDA 
 }
 XL="--model LaMamba-Diff-XL --image-size 256 --batch-size 64"
 S="--preset fashion-mnist --model LaMamba-Diff-S"
+tests() {  # the compiled paths' GPU tests (-m gpu: a -k on names also picked CPU tests, which compiled for minutes)
+  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout "${TESTS_S:-200}" python3 -m pytest -v -m gpu -p no:warnings -p no:logging \
+    --tb=short tests/models/test_compile.py tests/training/test_train_loop.py tests/models/test_capture.py \
+    tests/sampling/test_sample_cli.py tests/training/test_train_ddp.py 2>&1 | grep -E "PASS|FAIL|ERROR|Error|passed|failed" \
+    | tail -30 > "$OUT/gpu-tests.txt"
+}
+profile() {  # NAME CACHE ARGS...: benchmarks/profile_step.py in lamamba train's GPU default (regional + CUDA graphs)
+  local name=$1 cache=$2; shift 2
+  [ "$(left)" -gt 30 ] || return
+  LAMAMBA_CACHE_DIR=$cache timeout "$(left)" python3 benchmarks/profile_step.py --rows 60 --compile \
+    --compile-scope regional --cuda-graphs "$@" > "$OUT/profile-$name.txt" 2>&1
+}
 large() {
-  [ "${TESTS:-0}" = 1 ] && LAMAMBA_CACHE_DIR=/tmp/c-tests timeout 240 python3 -m pytest -q -m gpu -p no:warnings \
-    -p no:logging --tb=short tests/models/test_capture.py tests/models/test_compile.py \
-    tests/sampling/test_sample_cli.py 2>&1 | tail -12 > "$OUT/gpu-tests.txt"   # -m gpu: a -k also picked CPU tests
+  [ "${TESTS:-0}" = 1 ] && tests
   bench "XL regional, cold" /tmp/c-XL-regional --compile-scope regional $XL
   bench "XL regional, new process" /tmp/c-XL-regional --compile-scope regional $XL
   bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
   bench "DiT-XL/2 regional, cold" /tmp/c-dit-xl-regional --compile-scope regional --model DiT-XL/2 --image-size 256 \
     --batch-size 64
+  [ "${PROFILE:-0}" = 1 ] && profile regional-cg-XL /tmp/c-XL-regional --model LaMamba-Diff-XL   # a warm cache
   bench "XL full, cold" /tmp/c-XL-full --compile-scope full $XL
 }
 small() {
+  [ "${TESTS:-0}" = 1 ] && tests
   bench "S regional, cold" /tmp/c-S-regional --compile-scope regional $S
   bench "S regional, new process" /tmp/c-S-regional --compile-scope regional $S
   bench "DiT-S/2 full, cold" /tmp/c-dit-s --compile-scope full --preset fashion-mnist --model DiT-S/2
   bench "DiT-S/2 regional, cold" /tmp/c-dit-s-regional --compile-scope regional --preset fashion-mnist --model DiT-S/2
+  [ "${PROFILE:-0}" = 1 ] && profile regional-cg-S /tmp/c-S-regional --preset fashion-mnist --model LaMamba-Diff-S
   bench "S full, cold" /tmp/c-S-full --compile-scope full $S
-  [ "${PROFILE:-0}" = 1 ] && LAMAMBA_CACHE_DIR=/tmp/c-S-regional timeout "$(left)" python3 \
-    benchmarks/warm_start_profile.py > "$OUT/warm-start-profile-S.txt" 2>&1   # where a warm start goes
 }
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   ( export CUDA_VISIBLE_DEVICES=0; large ) &
@@ -51,4 +63,5 @@ else  # one GPU: PART=large or PART=small, one call each
 fi
 wait
 for f in gpu-tests bench-1 bench-0; do echo "== $f" >> "$log"; cat "$OUT/$f.txt" >> "$log" 2>/dev/null; done
+for f in "$OUT"/profile-*.txt; do echo "== $f" >> "$log"; grep -A12 "GPU time per step" "$f" >> "$log"; done
 cat "$log"

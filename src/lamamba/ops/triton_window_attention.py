@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lamamba.ops import triton_window_attention_kernels as kernels
 from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count
-from lamamba.ops.window_layout import relative_position_index
+from lamamba.ops.window_layout import relative_index
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,14 @@ def _launch(B: int, win_heads: int, N: int, hd: int, device: torch.device,
     return per, -(-B // per), block_n, block_d, warps
 
 
-@functools.lru_cache(maxsize=None)
 def _pair_to_table(wh: int, ww: int, window: int, device: torch.device) -> Tensor:
     """(table rows, N * N) float32 0/1 matrix: token pairs -> their bias table row (the table's gradient as a
-    product: deterministic, unlike a scatter-add)."""
-    index = relative_position_index(wh, ww, window).flatten()
-    onehot = torch.zeros((2 * window - 1) ** 2, index.numel())
-    onehot[index, torch.arange(index.numel())] = 1.0
-    return onehot.to(device)
+    product: deterministic, unlike a scatter-add). Built on the device at every call, never cached: the backward runs
+    inside CUDA graphs' memory pools, where a cached tensor would stay alive (Inductor's CUDA-graph trees then stop
+    training with "tensor(s) in the cudagraph pool not tracked as outputs")."""
+    index = relative_index(wh, ww, window, device).flatten()
+    rows = torch.arange((2 * window - 1) ** 2, device=device)
+    return (rows[:, None] == index[None, :]).float()
 
 
 def _geometry(qkv: Tensor, heads: int, wh: int, ww: int) -> tuple[int, int, int, int, int, int]:

@@ -23,19 +23,24 @@ def window_geometry(H: int, W: int, window: int, shift: int) -> tuple[int, int, 
 
 
 def relative_position_index(wh: int, ww: int, window: int, device: torch.device | str = "cpu") -> Tensor:
-    """(wh*ww, wh*ww) index into a ((2*window-1)**2)-row bias table (Swin's relative index).
+    """(wh*ww, wh*ww) index into a ((2*window-1)**2)-row bias table (Swin's relative index), cached per device.
 
     A window smaller than ``window`` (small maps) uses the subset of the full table for its offsets, so
     the parameters do not depend on the resolution.
     """
     key = ("rpi", wh, ww, window, str(device))
     if key not in _cache:
-        r, c = torch.meshgrid(torch.arange(wh, device="cpu"), torch.arange(ww, device="cpu"), indexing="ij")
-        r, c = r.flatten(), c.flatten()
-        dr = r[:, None] - r[None, :] + window - 1
-        dc = c[:, None] - c[None, :] + window - 1
-        _cache[key] = (dr * (2 * window - 1) + dc).to(device)
+        _cache[key] = relative_index(wh, ww, window, "cpu").to(device)
     return _cache[key]
+
+
+def relative_index(wh: int, ww: int, window: int, device: torch.device | str) -> Tensor:
+    """``relative_position_index`` computed on ``device`` and not cached: for code that runs inside CUDA graphs and
+    their memory pools (a tensor cached there would stay alive in the pool: Inductor's CUDA-graph trees refuse that,
+    and a host-to-device copy cannot be captured)."""
+    tokens = torch.arange(wh * ww, device=device)
+    r, c = tokens // ww, tokens % ww
+    return (r[:, None] - r[None, :] + window - 1) * (2 * window - 1) + c[:, None] - c[None, :] + window - 1
 
 
 def shifted_window_mask(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int,
