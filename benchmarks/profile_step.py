@@ -86,7 +86,10 @@ def main() -> None:
         for _ in range(2):
             step()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # kernels only: a user annotation's GPU span (torch.optim's "Optimizer.step#AdamW.step") would count its kernels
+    # twice (the optimizer group of the profiles before session 14 did: ~5 ms of an XL step)
+    events = [e for e in prof.key_averages()
+              if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
     groups: dict[str, float] = collections.defaultdict(float)
