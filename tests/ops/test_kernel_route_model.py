@@ -6,6 +6,8 @@ Interpreted on CPU machines (``LAMAMBA_SCAN_BACKEND=triton``), compiled on CUDA 
 the blocks (modulation slices as strided views, residual stream, gradients through the custom ops and the
 eager autograd functions) is checked end to end, not only op by op.
 """
+import gc
+
 import pytest
 import torch
 from triton_env import INTERPRETED, runnable
@@ -57,3 +59,28 @@ def test_triton_route_equals_reference_route(monkeypatch, dtype):
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], msg=name, **tol)
+
+
+@runnable
+def test_kernel_route_step_leaves_no_tensor_behind(monkeypatch):
+    """A training step through every kernel leaves no tensor alive but the gradients. An op that caches a tensor it
+    makes in a step would, under CUDA graphs (lamamba train's GPU default), make it inside a graph's memory pool,
+    where Inductor's CUDA-graph trees refuse live tensors they do not track: session 14 found the attention
+    backward's cached table map stopping every graphed run at its first step (lamamba train then fell back to eager).
+    As compile_model does, one forward without gradients runs first (what it caches is made outside any pool)."""
+    monkeypatch.setenv("LAMAMBA_SCAN_BACKEND", "triton")
+    model = tiny_model(torch.float32)
+    x = torch.randn(2, 2, 8, 8, device=DEVICE)
+    t, y = torch.tensor([3, 700], device=DEVICE), torch.tensor([1, 10], device=DEVICE)
+    with torch.no_grad():
+        model(x, t, y)
+
+    def live_tensors():
+        gc.collect()
+        return [o for o in gc.get_objects() if torch.is_tensor(o)]
+
+    before = {id(o) for o in live_tensors()}
+    model(x, t, y).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    left = [(tuple(o.shape), o.dtype) for o in live_tensors() if id(o) not in before]
+    assert not left, f"tensors kept past a training step: {left}"
