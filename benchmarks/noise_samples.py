@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from lamamba.diffusion import create_diffusion
 from lamamba.experiment import fashion_mnist
-from lamamba.ops.window_attention import relative_position_index, window_geometry, window_partition
+from lamamba.ops.window_layout import relative_position_index, window_geometry, window_partition
 from lamamba.pretrained import list_checkpoints, load_model_info, load_pretrained
 from lamamba.sample import generate, sample_seed, to_uint8
 

@@ -257,8 +257,8 @@ def test_cuda_graph_training_follows_eager(scope):
     graphed = copy.deepcopy(eager)
     net = compile_model(graphed, scope=scope, cuda_graphs=True)
     diffusion = create_diffusion()
-    # the graphed model first: its first backward is then the process's first, as in lamamba train (an op's lazily
-    # cached device tensor, e.g. the attention kernels' table map in session 14, would be born in the CUDA-graph pool)
+    # the graphed model first, as in lamamba train: its backward runs before any eager one (an op's lazily cached
+    # device tensor, e.g. the attention kernels' table map until session 14, would be born in the CUDA-graph pool)
     runs = {"graphed": (net, adamw(graphed.parameters(), lr=1e-3)), "eager": (eager, adamw(eager.parameters(), lr=1e-3))}
     losses = {name: [] for name in runs}
     try:

@@ -22,7 +22,8 @@ from lamamba.ops.gated_norm import gated_norm
 from lamamba.ops.ss2d_scan import ss2d_scan_directions
 from lamamba.ops.time_steps import dt_projection
 from lamamba.ops.fused_adaln import add_norm_modulate
-from lamamba.ops.window_attention import attention_tables, window_attention
+from lamamba.ops.window_attention import window_attention
+from lamamba.ops.window_layout import attention_tables
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Shifted-window multi-head self-attention (Swin W-MSA / SW-MSA, Liu et al. 2021) on channels-last maps.
 
-The layout helpers (``lamamba.ops.window_layout``, re-exported here) are pure functions of the map size, cached per
+The layout helpers (``lamamba.ops.window_layout``) are pure functions of the map size, cached per
 size and device. A module that knows its map size keeps the index and the mask as buffers (``attention_tables``;
 ``LaMambaDiff`` does): a compiled graph then reads them like weights and never traces their construction, however
 the model was compiled.
@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.ops.selective_scan import scan_backend
-from lamamba.ops.window_layout import (attention_tables, relative_position_index, shifted_window_mask,  # noqa: F401
-                                       window_geometry, window_partition, window_reverse)
+from lamamba.ops.window_layout import attention_tables, window_geometry, window_partition, window_reverse
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KERNEL_MAX_TOKENS = 64     # a window is one tile of the kernels (Swin's 8 x 8); larger ones (global attention) use SDPA

@@ -30,7 +30,7 @@ def relative_position_index(wh: int, ww: int, window: int, device: torch.device 
     """
     key = ("rpi", wh, ww, window, str(device))
     if key not in _cache:
-        _cache[key] = relative_index(wh, ww, window, "cpu").to(device)
+        _cache[key] = relative_index(wh, ww, window, device)
     return _cache[key]
 
 
