@@ -8,6 +8,7 @@ throughput bound). Fewer registers per thread let more programs share an SM.
 
     python benchmarks/kernel_registers.py                  # the launches we use (scan, AdaLN, gated norm, attention)
     python benchmarks/kernel_registers.py --src .carry/base8/src   # another tree's kernels (imported from there)
+    TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/kernel_registers.py --threads 2   # compile time, 2 threads
 
 Triton here may be newer than on the GPU machine (3.9 vs 3.6): counts can differ by a few registers.
 ``tests/ops/test_kernels_compile.py`` runs this script in CI: every case must compile (GPU-only failures, such as a
@@ -22,7 +23,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 # name: (module, kernel, constexprs, num_warps, num_stages, fp32 pointer arguments, integer arguments): the launches
 # of ops/triton_ss2d.py (bf16 activations, fp32 states and parameters), ops/triton_adaln.py and ops/gated_norm.py at
@@ -146,6 +149,8 @@ def resource_usage(kernel, constexprs: dict, num_warps: int, num_stages: int, fp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default=None, help="import lamamba from this src directory instead")
+    ap.add_argument("--threads", type=int, default=1, help="compile the cases from this many threads and print the "
+                    "wall time of all compiles (from an empty TRITON_CACHE_DIR: a cold start's kernel compiles)")
     args = ap.parse_args()
     if args.src:
         sys.path.insert(0, args.src)
@@ -154,9 +159,16 @@ def main() -> None:
     import triton
     print(f"Triton {triton.__version__}, target sm_90, lamamba from "
           f"{os.path.dirname(importlib.import_module('lamamba').__file__)}")
-    for name, (module, kernel, constexprs, warps, stages, fp32, ints) in CASES.items():
+    def usage(case):
+        module, kernel, constexprs, warps, stages, fp32, ints = case
         fn = getattr(importlib.import_module(f"lamamba.ops.{module}"), kernel)
-        print(f"{name:<48} {resource_usage(fn, constexprs, warps, stages, fp32, ints)}", flush=True)
+        return resource_usage(fn, constexprs, warps, stages, fp32, ints)
+
+    begin = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:   # Triton's compiler releases the GIL: threads compile in parallel
+        for name, line in zip(CASES, pool.map(usage, CASES.values())):
+            print(f"{name:<48} {line}", flush=True)
+    print(f"{len(CASES)} kernels compiled in {time.perf_counter() - begin:.1f} s from {args.threads} thread(s)")
 
 
 if __name__ == "__main__":
