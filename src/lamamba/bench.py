@@ -42,6 +42,7 @@ from lamamba.flops import measure, model_tflops, peak_tflops
 from lamamba.models.compile import (SCOPES, cache_counts, compile_for_sampling, compile_model, describe_cache,
                                     resolve_compile_scope, uncompile)
 from lamamba.models.registry import create_model, list_models
+from lamamba.ops.triton_launch import precompile_stats
 from lamamba.training.optim import adamw
 
 DEFAULT_MODELS = ("LaMamba-Diff-XL", "DiT-XL/2")
@@ -151,9 +152,11 @@ def bench_model(name: str, *, image_size: int, batch_size: int, device: torch.de
             first[phase] = timer(fn)
 
     if compile:
-        before = cache_counts()
+        before, kernels_before = cache_counts(), precompile_stats()
         first_calls()
         result["compile_cache"] = describe_cache(before)
+        # this package's Triton kernels: compiled in the pool while tracing, and launches that waited for one
+        result["kernel_precompile"] = {k: v - kernels_before[k] for k, v in precompile_stats().items()}
     for phase, fn in phases:
         model.train(phase == "train")
         if device.type == "cuda":
@@ -217,6 +220,12 @@ def _seconds(r: dict[str, Any], key: str) -> str:
     return f"{r[key]:.1f}" if key in r else "-"
 
 
+def _kernels(r: dict[str, Any]) -> str:
+    k = r.get("kernel_precompile", {})
+    return (f"Triton kernels compiled while tracing {k.get('submitted', 0)}, launches that waited for one "
+            f"{k.get('waited', 0)}, compiled at launch instead {k.get('at_launch', 0)}")
+
+
 def format_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     head = (f"{'model':<22} {'px':>5} {'ch':>3} {'batch':>5} {'compiled':>11} {'train ms':>9} {'train img/s':>11} "
             f"{'sample img/s':>12} {'peak GiB':>8} {'TFLOP/s':>8} {'MFU':>6} {'compile s':>9} {'warm s':>7}")
@@ -232,8 +241,8 @@ def format_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
                      f"{_seconds(r, 'warm_compile_s'):>7}")
     caches = [f"{r['model']}: {r['compile_cache']} then {r['warm_compile_cache']} (cold: training step "
               f"{r['compile_train_s']:.1f} s, sampling forward {r['compile_sample_s']:.1f} s; then the warm-up steps "
-              f"{r['settle_train_s']:.1f} s and forwards {r['settle_sample_s']:.1f} s beyond steady ones)"
-              for r in rows if r["compiled"]]
+              f"{r['settle_train_s']:.1f} s and forwards {r['settle_sample_s']:.1f} s beyond steady ones; "
+              f"{_kernels(r)})" for r in rows if r["compiled"]]
     if caches:
         lines.append("Inductor cache (compile s / warm s): " + "; ".join(caches))
     if peak is None:

@@ -238,12 +238,38 @@ def test_plain_torch_compile_does_not_build_window_tables():
     torch._dynamo.reset()
 
 
+def _watch_kernel_compiles(monkeypatch, phase: list) -> list:
+    """(phase[0] at the time, kernel, whether in the main thread) for each compile of this package's Triton kernels
+    (Triton calls ``compile`` for every specialisation not in memory, also when its disk cache has it)."""
+    import importlib
+    import pkgutil
+    import threading
+
+    from triton.runtime.jit import JITFunction
+
+    import lamamba.ops
+
+    seen = []
+    for info in pkgutil.iter_modules(lamamba.ops.__path__):
+        if not info.name.endswith("_kernels"):
+            continue
+        for name, kernel in vars(importlib.import_module(f"lamamba.ops.{info.name}")).items():
+            if isinstance(kernel, JITFunction):
+                def compile_and_record(*args, _compile=kernel.compile, _name=name, **kwargs):
+                    seen.append((phase[0], _name, threading.current_thread() is threading.main_thread()))
+                    return _compile(*args, **kwargs)
+                monkeypatch.setattr(kernel, "compile", compile_and_record)
+    return seen
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("scope", ["regional", "full"])
-def test_cuda_graph_training_follows_eager(scope):
+def test_cuda_graph_training_follows_eager(scope, monkeypatch):
     """Training steps of a model compiled with CUDA graphs (regional: every block's forward and backward its own graph
-    in one tree; full: one graph) follow eager's losses and parameters over a few AdamW steps (bf16 rounding only)."""
+    in one tree; full: one graph) follow eager's losses and parameters over a few AdamW steps (bf16 rounding only).
+    The compiled steps compile none of this package's Triton kernels in the main thread: the trace submitted them to
+    the pool (``lamamba.ops.triton_launch``)."""
     from lamamba.diffusion import create_diffusion
     from lamamba.training.optim import adamw
 
@@ -261,6 +287,8 @@ def test_cuda_graph_training_follows_eager(scope):
     # device tensor, e.g. the attention kernels' table map until session 14, would be born in the CUDA-graph pool)
     runs = {"graphed": (net, adamw(graphed.parameters(), lr=1e-3)), "eager": (eager, adamw(eager.parameters(), lr=1e-3))}
     losses = {name: [] for name in runs}
+    phase = ["graphed"]
+    compiles = _watch_kernel_compiles(monkeypatch, phase)
     try:
         for step in range(4):
             g = torch.Generator(device="cuda").manual_seed(step)
@@ -269,6 +297,7 @@ def test_cuda_graph_training_follows_eager(scope):
             t = torch.randint(0, 1000, (4,), device="cuda", generator=g)
             y = torch.randint(0, 10, (4,), device="cuda", generator=g)
             for name, (model, opt) in runs.items():
+                phase[0] = name
                 if name == "graphed":
                     torch.compiler.cudagraph_mark_step_begin()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -278,6 +307,7 @@ def test_cuda_graph_training_follows_eager(scope):
                 opt.zero_grad(set_to_none=True)
                 losses[name].append(loss.item())
         torch.testing.assert_close(torch.tensor(losses["graphed"]), torch.tensor(losses["eager"]), rtol=2e-2, atol=1e-3)
+        assert not [kernel for name, kernel, main in compiles if name == "graphed" and main], compiles
         diffs = torch.cat([(a - b).abs().flatten() for a, b in zip(graphed.parameters(), eager.parameters())])
         # an AdamW step moves a parameter by at most ~lr: 4 steps apart is 8e-3, where tiny gradients flip sign in bf16
         assert diffs.max() <= 8e-3 and diffs.mean() <= 5e-4, (diffs.max(), diffs.mean())

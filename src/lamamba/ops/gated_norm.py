@@ -35,6 +35,7 @@ from torch import Tensor
 from lamamba.ops.selective_scan import scan_backend
 from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, next_power_of_2, sm_count,
                                        tl_dtype, unit_channel_stride)
+from lamamba.ops.triton_launch import launch, precompile
 
 __all__ = ["gated_norm", "gated_norm_reference"]
 
@@ -148,7 +149,7 @@ def _fwd_impl(ys: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float, o
         return out, mean, rstd, total
     kernels = _kernels(ys.device)
     plan = _plan(N * L, d)
-    kernels.gated_norm_fwd_kernel[(plan.n_blocks,)](
+    launch(kernels.gated_norm_fwd_kernel, (plan.n_blocks,),
         ys, z, weight.contiguous(), bias.contiguous(), out, mean, rstd, total if save_sum else mean, N * L, L, d, eps,
         ys.stride(0), ys.stride(1), ys.stride(2), z.stride(0), z.stride(1), out.stride(0), out.stride(1),
         K=K, ACC=tl_dtype(acc), BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, STORE_SUM=save_sum,
@@ -161,6 +162,7 @@ _fwd = torch.library.custom_op("lamamba::gated_norm_fwd", _fwd_impl, mutates_arg
 
 @_fwd.register_fake
 def _(ys, z, weight, bias, eps, out_dtype, save_sum):
+    precompile(_fwd_impl, ys, z, weight, bias, eps, out_dtype, save_sum)
     N, L, K, d = ys.shape
     acc = accumulation_dtype(ys.dtype)
     return (ys.new_empty((N, L, d), dtype=out_dtype), ys.new_empty((N * L,), dtype=acc),
@@ -181,13 +183,13 @@ def _bwd_impl(dout: Tensor, total: Tensor, z: Tensor, weight: Tensor, bias: Tens
     plan = _plan(N * L, d, backward=True)
     programs, per_program = plan.bwd_grid(z.device)
     part = z.new_empty((2, programs, d), dtype=total.dtype)                                  # dw, db per program
-    kernels.gated_norm_bwd_kernel[(programs,)](
+    launch(kernels.gated_norm_bwd_kernel, (programs,),
         dout, total, z, weight.contiguous(), bias.contiguous(), mean, rstd, ds, dz, part[0], part[1], N * L, L, d,
         per_program, dout.stride(0), dout.stride(1), z.stride(0), z.stride(1), ACC=tl_dtype(total.dtype),
         BLOCK_R=plan.block_r, BLOCK_D=plan.block_d, STAGES=LAUNCH.bwd_num_stages, num_warps=plan.num_warps)
     # one small launch for both sums (~3 us on an H200; torch's column reduction took ~8.5 us)
     dw, db = weight.new_empty(weight.shape), bias.new_empty(bias.shape)
-    kernels.partial_sums_kernel[(-(-d // 32), 2)](part, dw, db, programs, d, BLOCK_P=128, BLOCK_D=32, STAGES=3,
+    launch(kernels.partial_sums_kernel, (-(-d // 32), 2), part, dw, db, programs, d, BLOCK_P=128, BLOCK_D=32, STAGES=3,
                                                    num_warps=4)
     return ds, dz, dw, db
 
@@ -197,6 +199,7 @@ _bwd = torch.library.custom_op("lamamba::gated_norm_bwd", _bwd_impl, mutates_arg
 
 @_bwd.register_fake
 def _(dout, total, z, weight, bias, mean, rstd, ys_dtype):
+    precompile(_bwd_impl, dout, total, z, weight, bias, mean, rstd, ys_dtype)
     N, L, d = z.shape
     return (z.new_empty((N, L, d), dtype=ys_dtype), z.new_empty((N, L, d)), weight.new_empty(weight.shape),
             bias.new_empty(bias.shape))

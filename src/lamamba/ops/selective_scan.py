@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamamba.ops.triton_common import grad_needed
+from lamamba.ops.triton_launch import precompile
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
 #                 Custom op: one opaque node for compile, FLOP counting and meta tensors
 # ------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("lamamba::selective_scan_fwd", mutates_args=())
-def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
               z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool
               ) -> tuple[Tensor, Tensor]:
     backend = scan_backend(u.device)
@@ -164,8 +164,14 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
+_scan_fwd = torch.library.custom_op("lamamba::selective_scan_fwd", _scan_fwd_impl, mutates_args=())
+
+
 @_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    if scan_backend(u.device) == "triton":
+        from lamamba.ops import triton_scan
+        precompile(triton_scan.selective_scan_fwd, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     dtype = torch.promote_types(u.dtype, torch.float32)
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
 
@@ -181,6 +187,9 @@ def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
 
 @_scan_bwd.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    if scan_backend(u.device) == "triton":
+        from lamamba.ops import triton_scan
+        precompile(triton_scan.selective_scan_bwd, dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return [u.new_empty(0) if x is None else torch.empty_like(x) for x in (u, delta, A, B, C, D, z, delta_bias)]
 
 

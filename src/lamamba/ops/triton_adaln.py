@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lamamba.ops import triton_adaln_kernels as kernels
 from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count, tl_dtype
+from lamamba.ops.triton_launch import launch, precompile
 
 @dataclass(frozen=True)
 class AdaLNLaunch:
@@ -71,7 +72,7 @@ def _fwd_impl(x: Tensor, branch: Optional[Tensor], gate: Optional[Tensor], weigh
     acc = _acc(x, branch, res_dtype, out_dtype)
     mean, rstd = (x.new_empty((N * T,), dtype=acc) for _ in range(2))
     tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, x.device, FORWARD)
-    kernels.adaln_fwd_kernel[(N, n_pb)](
+    launch(kernels.adaln_fwd_kernel, (N, n_pb),
         x, branch if has_res else x, gate if has_res else shift, weight, bias, shift, scale,
         x_out if has_res else out, out, mean, rstd, T, D, stride_mod, eps, tiles,
         HAS_RESIDUAL=has_res, BLOCK_R=block_r, BLOCK_D=block_d, ACC=tl_dtype(acc), num_warps=warps)
@@ -83,6 +84,7 @@ _fwd = torch.library.custom_op("lamamba::adaln_fwd", _fwd_impl, mutates_args=())
 
 @_fwd.register_fake
 def _(x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype):
+    precompile(_fwd_impl, x, branch, gate, weight, bias, shift, scale, eps, res_dtype, out_dtype)
     N, T, D = x.shape
     x_out = x.new_empty(x.shape if branch is not None else (0,), dtype=res_dtype)
     acc = _acc(x, branch, res_dtype, out_dtype)
@@ -103,7 +105,7 @@ def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[
     dbr = torch.empty_like(branch) if has_res else xo.new_empty((0,))
     tiles, n_pb, block_r, block_d, warps = _launch(N, T, D, xo.device, BACKWARD)
     part = xo.new_empty((5 if has_res else 4, N, n_pb, D), dtype=mean.dtype)
-    kernels.adaln_bwd_kernel[(N, n_pb)](
+    launch(kernels.adaln_bwd_kernel, (N, n_pb),
         dout, dxo if dxo is not None else dout, xo, branch if has_res else xo, gate if has_res else scale,
         weight, bias, scale, mean, rstd, dx, dbr if has_res else dx, part, T, D, stride_mod, n_pb, tiles,
         HAS_RESIDUAL=has_res, HAS_DXO=dxo is not None, BLOCK_R=block_r, BLOCK_D=block_d, ACC=tl_dtype(mean.dtype),
@@ -111,7 +113,7 @@ def _bwd_impl(dout: Tensor, dxo: Optional[Tensor], xo: Tensor, branch: Optional[
     dw, db = weight.new_empty(weight.shape), bias.new_empty(bias.shape)
     dshift, dscale = xo.new_empty((N, D), dtype=mean.dtype), xo.new_empty((N, D), dtype=scale.dtype)
     dgate = xo.new_empty((N, D), dtype=gate.dtype) if has_res else xo.new_empty((0,))
-    kernels.adaln_partial_sums_kernel[(-(-D // 32), N + 1)](
+    launch(kernels.adaln_partial_sums_kernel, (-(-D // 32), N + 1),
         part, dw, db, dshift, dscale, dgate if has_res else dscale, N, n_pb, D, HAS_RESIDUAL=has_res, BLOCK_P=32,
         BLOCK_D=32, num_warps=4)
     return [dx, dbr, dgate, dw, db, dshift, dscale]
@@ -122,6 +124,7 @@ _bwd = torch.library.custom_op("lamamba::adaln_bwd", _bwd_impl, mutates_args=())
 
 @_bwd.register_fake
 def _(dout, dxo, xo, branch, gate, weight, bias, scale, mean, rstd, x_dtype):
+    precompile(_bwd_impl, dout, dxo, xo, branch, gate, weight, bias, scale, mean, rstd, x_dtype)
     N, T, D = xo.shape
     has_res = branch is not None
     vec = xo.new_empty((N, D), dtype=scale.dtype)

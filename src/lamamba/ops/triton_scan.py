@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lamamba.ops import triton_scan_kernels
 from lamamba.ops.triton_common import accumulation_dtype, check_device, sm_count, tl_dtype
+from lamamba.ops.triton_launch import launch
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,14 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
     Returns ``out`` in u's dtype and the last state (batch, channels, N) in float32 (float64 for float64).
     """
-    launch = _mamba_launch(u, A, B)
+    plan = _mamba_launch(u, A, B)
     acc = accumulation_dtype(u.dtype)
     out = torch.empty_like(u)
     last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=acc)
-    _kernels(u.device).scan_fwd_kernel[launch.grid](
-        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), out, last, A, *launch.scalars(),
+    launch(_kernels(u.device).scan_fwd_kernel, plan.grid,
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), out, last, A, *plan.scalars(),
         **_mamba_flags(D, z, delta_bias, delta_softplus), WRITE_OUT=True, STORE_LAST=True, STORE_CKPT=False,
-        ACC=tl_dtype(acc), **launch.tiles.meta())
+        ACC=tl_dtype(acc), **plan.tiles.meta())
     return out, last
 
 
@@ -178,20 +179,20 @@ def selective_scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Ten
     Two launches: a state-only forward pass that stores the state entering every tile, then the
     reverse-time pass.
     """
-    launch = _mamba_launch(u, A, B)
+    plan = _mamba_launch(u, A, B)
     acc = accumulation_dtype(u.dtype)
     kernels, flags = _kernels(u.device), _mamba_flags(D, z, delta_bias, delta_softplus)
-    states = launch.states(u, acc)
-    kernels.scan_fwd_kernel[launch.grid](
-        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, A, states, *launch.scalars(),
-        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=tl_dtype(acc), **launch.tiles.meta())
+    states = plan.states(u, acc)
+    launch(kernels.scan_fwd_kernel, plan.grid,
+        u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), u, A, states, *plan.scalars(),
+        **flags, WRITE_OUT=False, STORE_LAST=False, STORE_CKPT=True, ACC=tl_dtype(acc), **plan.tiles.meta())
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else u.new_empty(0)
-    dB, dC, dA, dD, dbias = launch.bwd_buffers(u, B, acc)
-    kernels.scan_bwd_kernel[launch.grid](
+    dB, dC, dA, dD, dbias = plan.bwd_buffers(u, B, acc)
+    launch(kernels.scan_bwd_kernel, plan.grid,
         dout, u, delta, A, B, C, _or(D, A), _or(delta_bias, A), _or(z, u), states,
-        du, ddelta, dz, dB, dC, dA, dD, dbias, *launch.scalars(),
-        **flags, ATOMIC_BC=launch.atomic_bc, ACC=tl_dtype(acc), **launch.tiles.meta(backward=True))
+        du, ddelta, dz, dB, dC, dA, dD, dbias, *plan.scalars(),
+        **flags, ATOMIC_BC=plan.atomic_bc, ACC=tl_dtype(acc), **plan.tiles.meta(backward=True))
     empty = u.new_empty(0)
     return [du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             empty if D is None else dD.sum(0).to(D.dtype), dz,

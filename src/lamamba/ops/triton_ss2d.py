@@ -28,6 +28,7 @@ from lamamba.ops import triton_ss2d_kernels as kernels
 from lamamba.ops.time_steps import dt_projection
 from lamamba.ops.triton_common import (accumulation_dtype, check_device, grad_needed, sm_count, tl_dtype,
                                        unit_channel_stride)
+from lamamba.ops.triton_launch import launch, precompile
 
 K = 4  # scan directions
 
@@ -158,8 +159,7 @@ def _prepare(x, delta, A, B, C, D, delta_bias, H: int, W: int) -> tuple[tuple[Te
 #                                        Custom ops
 # ------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("lamamba::ss2d_scan_fwd", mutates_args=())
-def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
+def _fwd_impl(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor,
          H: int, W: int, save_states: bool, dt_raw: Optional[Tensor] = None,
          dt_weight: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """ys (batch, L, 4, d) in x's dtype and, with ``save_states``, the tile-start states for the backward.
@@ -173,13 +173,17 @@ def _fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, d
     args = (x, delta, A, B, C, D, delta_bias, ys, ckpt, carry, *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=False)
     if plan.n_chunks > 1:
-        kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=True, STORE_CKPT=False, **meta)
-    kernels.ss2d_fwd_kernel[plan.grid](*args, STATE_ONLY=False, STORE_CKPT=save_states, **meta)
+        launch(kernels.ss2d_fwd_kernel, plan.grid, *args, STATE_ONLY=True, STORE_CKPT=False, **meta)
+    launch(kernels.ss2d_fwd_kernel, plan.grid, *args, STATE_ONLY=False, STORE_CKPT=save_states, **meta)
     return ys, ckpt
+
+
+_fwd = torch.library.custom_op("lamamba::ss2d_scan_fwd", _fwd_impl, mutates_args=())
 
 
 @_fwd.register_fake
 def _(x, delta, A, B, C, D, delta_bias, H, W, save_states, dt_raw=None, dt_weight=None):
+    precompile(_fwd_impl, x, delta, A, B, C, D, delta_bias, H, W, save_states, dt_raw, dt_weight)
     plan_tiles = triton.cdiv(H * W, launch_config().block_t)
     shape = (x.shape[0], K, plan_tiles, x.shape[2], A.shape[1]) if save_states else (0,)
     return x.new_empty((x.shape[0], H * W, K, x.shape[2])), x.new_empty(shape, dtype=accumulation_dtype(x.dtype))
@@ -195,8 +199,7 @@ def _delta(delta: Optional[Tensor], dt_raw: Optional[Tensor], dt_weight: Optiona
         return dt_projection(dt_raw.to(dtype), dt_weight.to(dtype))
 
 
-@torch.library.custom_op("lamamba::ss2d_scan_bwd", mutates_args=())
-def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+def _bwd_impl(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Tensor,
          delta_bias: Tensor, ckpt: Tensor, H: int, W: int, dt_raw: Optional[Tensor] = None,
          dt_weight: Optional[Tensor] = None, delta_dtype: Optional[torch.dtype] = None) -> list[Tensor]:
     """Gradients w.r.t. (x, delta, A, B, C, D, delta_bias), in the inputs' shapes and dtypes, but x's per direction
@@ -220,14 +223,18 @@ def _bwd(dys: Tensor, x: Tensor, delta: Optional[Tensor], A: Tensor, B: Tensor, 
             *plan.scalars(), *strides)
     meta = plan.meta(acc, backward=True)
     if plan.n_chunks > 1:
-        kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=True, **meta)
-    kernels.ss2d_bwd_kernel[plan.grid](*args, STATE_ONLY=False, **meta)
+        launch(kernels.ss2d_bwd_kernel, plan.grid, *args, STATE_ONLY=True, **meta)
+    launch(kernels.ss2d_bwd_kernel, plan.grid, *args, STATE_ONLY=False, **meta)
     return [dxs, ddelta, dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
             dC.sum(0).to(C.dtype), dD.sum(0).to(D.dtype), dbias.sum(0).to(delta_bias.dtype)]
 
 
+_bwd = torch.library.custom_op("lamamba::ss2d_scan_bwd", _bwd_impl, mutates_args=())
+
+
 @_bwd.register_fake
 def _(dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W, dt_raw=None, dt_weight=None, delta_dtype=None):
+    precompile(_bwd_impl, dys, x, delta, A, B, C, D, delta_bias, ckpt, H, W, dt_raw, dt_weight, delta_dtype)
     delta = _delta(delta, dt_raw, dt_weight, delta_dtype)
     ddelta = torch.empty_like(unit_channel_stride(delta))  # delta's layout, as the kernel writes it (often K-major)
     return [x.new_empty((x.shape[0], x.shape[1], K, x.shape[2])), ddelta, A.new_empty(A.shape), B.new_empty(B.shape),

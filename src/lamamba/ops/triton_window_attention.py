@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lamamba.ops import triton_window_attention_kernels as kernels
 from lamamba.ops.triton_common import check_device, next_power_of_2, sm_count
+from lamamba.ops.triton_launch import launch, precompile
 from lamamba.ops.window_layout import relative_index
 
 
@@ -67,7 +68,7 @@ def _fwd_impl(qkv: Tensor, table: Tensor, heads: int, window: int, wh: int, ww: 
     o = qkv.new_empty((B, H, W, C))
     lse = qkv.new_empty((B, win_heads, N), dtype=torch.float32)
     per, blocks, block_n, block_d, warps = _launch(B, win_heads, N, hd, qkv.device, LAUNCH)
-    kernels.window_attn_fwd_kernel[(win_heads, blocks)](
+    launch(kernels.window_attn_fwd_kernel, (win_heads, blocks),
         qkv, table, o, lse, B, H, W, C, hd, heads, wh, ww, sh, sw, N, window, per, hd ** -0.5,
         qkv.stride(0), qkv.stride(2), o.stride(0), o.stride(2),
         BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(qkv.dtype), num_warps=warps)
@@ -79,6 +80,7 @@ _fwd = torch.library.custom_op("lamamba::window_attention_fwd", _fwd_impl, mutat
 
 @_fwd.register_fake
 def _(qkv, table, heads, window, wh, ww, sh, sw):
+    precompile(_fwd_impl, qkv, table, heads, window, wh, ww, sh, sw)
     B, H, W, C, hd, win_heads = _geometry(qkv, heads, wh, ww)
     return qkv.new_empty((B, H, W, C)), qkv.new_empty((B, win_heads, wh * ww), dtype=torch.float32)
 
@@ -92,7 +94,7 @@ def _bwd_impl(do: Tensor, qkv: Tensor, table: Tensor, lse: Tensor, heads: int, w
     dqkv = torch.empty_like(qkv)
     per, blocks, block_n, block_d, warps = _launch(B, win_heads, N, hd, qkv.device, LAUNCH)
     part = qkv.new_empty((blocks, win_heads // heads, heads, N, N), dtype=torch.float32)
-    kernels.window_attn_bwd_kernel[(win_heads, blocks)](
+    launch(kernels.window_attn_bwd_kernel, (win_heads, blocks),
         do, qkv, table, lse, dqkv, part, B, H, W, C, hd, heads, wh, ww, sh, sw, N, window, per, hd ** -0.5,
         qkv.stride(0), qkv.stride(2), do.stride(0), do.stride(2),
         BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(qkv.dtype), num_warps=warps)
@@ -106,6 +108,7 @@ _bwd = torch.library.custom_op("lamamba::window_attention_bwd", _bwd_impl, mutat
 
 @_bwd.register_fake
 def _(do, qkv, table, lse, heads, window, wh, ww, sh, sw):
+    precompile(_bwd_impl, do, qkv, table, lse, heads, window, wh, ww, sh, sw)
     return torch.empty_like(qkv), torch.empty_like(table)
 
 
