@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lamamba.bench import add_arguments, bench_model, resolve_settings
+from lamamba.bench import add_arguments, bench_model, format_table, resolve_settings
 from lamamba.cli import main
 from lamamba.flops import peak_tflops
 
@@ -69,7 +69,10 @@ def test_compiled_row_reports_compile_times(monkeypatch):
                     hidden_size=16, depth=2, num_heads=2)
     assert r["scope"] == "regional" and not r["cuda_graphs"]
     assert {"compile_s", "warm_compile_s", "compile_cache", "warm_compile_cache", "compile_train_s",
-            "compile_sample_s", "settle_train_s", "settle_sample_s"} <= set(r)
+            "compile_sample_s", "settle_train_s", "settle_sample_s", "kernel_precompile"} <= set(r)
+    assert r["kernel_precompile"] == dict(submitted=0, waited=0, at_launch=0, launcher_failed=0)   # CPU: none
+    r.update(model="DiT-S/8", image_size=16, in_channels=1, compiled=True, train_tflops=0.0)
+    assert "Triton kernels compiled while tracing 0" in format_table([r], dict(card="cpu", torch="x", scan_backend="y"))
     torch._dynamo.reset()
 
 
