@@ -6,6 +6,8 @@
 # what is left of the call (DEADLINE_S). Output in $OUT.
 #   MODEL=XL (256 px, batch 64; default) or MODEL=S (the fashion-mnist preset, 32 px, batch 128)
 #   ORDER="on off" (default) or "off on": which cold run goes first
+#   BREAKDOWN=1: first, benchmarks/compile_breakdown.py on LaMamba-Diff-XL (256 px, batch 64) in an empty cache: the
+#   first steps timed and PyTorch's per-phase compile timers
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"   # left()
@@ -22,6 +24,12 @@ bench() {  # LABEL CACHE THREADS: lamamba bench in lamamba train's GPU default (
   LAMAMBA_COMPILE_THREADS=$3 LAMAMBA_CACHE_DIR=$2 timeout "$(left)" python3 -m lamamba.cli bench --compile only \
     --cuda-graphs --compile-scope regional --steps 20 --warmup 5 $args 2>&1 | grep -v Warning | tail -7 >> "$log"
 }
+if [ "${BREAKDOWN:-0}" = 1 ]; then
+  echo "== compile breakdown, LaMamba-Diff-XL 256 px batch 64, cold" >> "$log"
+  LAMAMBA_CACHE_DIR=/tmp/c-breakdown timeout "$(left)" python3 benchmarks/compile_breakdown.py 2>&1 \
+    | grep -v Warning > "$OUT/breakdown-XL.txt"
+  grep -v "^ *warn" "$OUT/breakdown-XL.txt" | head -60 >> "$log"
+fi
 for run in ${ORDER:-on off}; do
   if [ "$run" = on ]; then bench "precompile on (default threads), cold" /tmp/c-on ""; else
     bench "precompile off (LAMAMBA_COMPILE_THREADS=0), cold" /tmp/c-off 0; fi
