@@ -240,7 +240,8 @@ def test_plain_torch_compile_does_not_build_window_tables():
 
 def _watch_kernel_compiles(monkeypatch, phase: list) -> list:
     """(phase[0] at the time, kernel, whether in the main thread) for each compile of this package's Triton kernels
-    (Triton calls ``compile`` for every specialisation not in memory, also when its disk cache has it)."""
+    (Triton calls ``compile`` for every specialisation not in memory, also when its disk cache has it). A kernel gets
+    its ``compile`` attribute with its launcher for the current device, made here first (Triton 3.6)."""
     import importlib
     import pkgutil
     import threading
@@ -255,6 +256,7 @@ def _watch_kernel_compiles(monkeypatch, phase: list) -> list:
             continue
         for name, kernel in vars(importlib.import_module(f"lamamba.ops.{info.name}")).items():
             if isinstance(kernel, JITFunction):
+                kernel.device_caches[torch.cuda.current_device()]
                 def compile_and_record(*args, _compile=kernel.compile, _name=name, **kwargs):
                     seen.append((phase[0], _name, threading.current_thread() is threading.main_thread()))
                     return _compile(*args, **kwargs)
