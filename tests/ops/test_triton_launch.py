@@ -64,3 +64,16 @@ def test_the_thread_count_is_checked(monkeypatch):
         triton_launch._threads()
     monkeypatch.setenv(triton_launch.THREADS_ENV, "3")
     assert triton_launch._threads() == 3
+
+
+def test_symbolic_shapes_are_left_to_the_launch():
+    """A dynamic-shape trace has symbolic sizes: the launch plans need integers, so nothing is precompiled (and
+    nothing is guarded on) for it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    symbolic = mode.from_tensor(torch.zeros(4, 8), symbolic_context=context)
+    static = FakeTensorMode().from_tensor(torch.zeros(4, 8))
+    assert not triton_launch._static(symbolic) and triton_launch._static(static)
