@@ -25,16 +25,12 @@ bench() {  # LABEL CACHE ARGS...: lamamba bench, every model compiled with CUDA 
 XL="--model LaMamba-Diff-XL --image-size 256 --batch-size 64"
 S="--preset fashion-mnist --model LaMamba-Diff-S"
 tests() {  # the compiled paths' GPU tests (-m gpu: a -k on names also picked CPU tests, which compiled for minutes)
-  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout "${TESTS_S:-200}" python3 -m pytest -v -m gpu -p no:warnings -p no:logging \
-    --tb=short tests/models/test_compile.py tests/training/test_train_loop.py tests/models/test_capture.py \
-    tests/sampling/test_sample_cli.py tests/training/test_train_ddp.py 2>&1 | grep -E "PASS|FAIL|ERROR|Error|passed|failed" \
-    | tail -30 > "$OUT/gpu-tests.txt"
+  gpu_tests "${TESTS_S:-200}" tests/models/test_compile.py tests/training/test_train_loop.py \
+    tests/models/test_capture.py tests/sampling/test_sample_cli.py tests/training/test_train_ddp.py
 }
-profile() {  # NAME CACHE ARGS...: benchmarks/profile_step.py in lamamba train's GPU default (regional + CUDA graphs)
+cg_profile() {  # NAME CACHE ARGS...: a training step in lamamba train's GPU default (regional + CUDA graphs)
   local name=$1 cache=$2; shift 2
-  [ "$(left)" -gt 30 ] || return
-  LAMAMBA_CACHE_DIR=$cache timeout "$(left)" python3 benchmarks/profile_step.py --rows 60 --compile \
-    --compile-scope regional --cuda-graphs "$@" > "$OUT/profile-$name.txt" 2>&1
+  LAMAMBA_CACHE_DIR=$cache profile "$name" --compile --compile-scope regional --cuda-graphs "$@"
 }
 large() {
   [ "${TESTS:-0}" = 1 ] && tests
@@ -43,7 +39,7 @@ large() {
   bench "DiT-XL/2 full, cold" /tmp/c-dit-xl --compile-scope full --model DiT-XL/2 --image-size 256 --batch-size 64
   bench "DiT-XL/2 regional, cold" /tmp/c-dit-xl-regional --compile-scope regional --model DiT-XL/2 --image-size 256 \
     --batch-size 64
-  [ "${PROFILE:-0}" = 1 ] && profile regional-cg-XL /tmp/c-XL-regional --model LaMamba-Diff-XL   # a warm cache
+  [ "${PROFILE:-0}" = 1 ] && cg_profile regional-cg-XL /tmp/c-XL-regional --model LaMamba-Diff-XL   # a warm cache
   bench "XL full, cold" /tmp/c-XL-full --compile-scope full $XL
 }
 small() {
@@ -52,7 +48,7 @@ small() {
   bench "S regional, new process" /tmp/c-S-regional --compile-scope regional $S
   bench "DiT-S/2 full, cold" /tmp/c-dit-s --compile-scope full --preset fashion-mnist --model DiT-S/2
   bench "DiT-S/2 regional, cold" /tmp/c-dit-s-regional --compile-scope regional --preset fashion-mnist --model DiT-S/2
-  [ "${PROFILE:-0}" = 1 ] && profile regional-cg-S /tmp/c-S-regional --preset fashion-mnist --model LaMamba-Diff-S
+  [ "${PROFILE:-0}" = 1 ] && cg_profile regional-cg-S /tmp/c-S-regional --preset fashion-mnist --model LaMamba-Diff-S
   bench "S full, cold" /tmp/c-S-full --compile-scope full $S
 }
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then

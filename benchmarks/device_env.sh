@@ -9,3 +9,20 @@ else
   export PYTHONPATH=src
 fi
 export PYTHONUNBUFFERED=1
+
+# gpu_tests SECONDS PATHS...: the GPU tests (-m gpu) in PATHS, at most SECONDS, in their own Inductor cache; pytest's
+# report goes straight to $OUT/gpu-tests.txt (each test's result as it ends: a timeout keeps what ran), then its exit.
+gpu_tests() {
+  local seconds=$1; shift
+  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout "$seconds" python3 -m pytest -v -m gpu -p no:warnings -p no:logging \
+    -p no:cacheprovider --tb=short "$@" > "$OUT/gpu-tests.txt" 2>&1
+  echo "pytest exit $?" >> "$OUT/gpu-tests.txt"
+}
+
+# profile NAME ARGS...: benchmarks/profile_step.py --rows 60 ARGS until the call's deadline (left(), from
+# experiment_variants.sh), output in $OUT/profile-NAME.txt; the Inductor cache is the caller's LAMAMBA_CACHE_DIR.
+profile() {
+  local name=$1; shift
+  [ "$(left)" -gt 30 ] || { echo "skipped (the call's deadline)" > "$OUT/profile-$name.txt"; return; }
+  timeout "$(left)" python3 benchmarks/profile_step.py --rows 60 "$@" > "$OUT/profile-$name.txt" 2>&1
+}

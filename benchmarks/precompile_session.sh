@@ -36,10 +36,8 @@ for run in ${ORDER:-on off}; do
 done
 bench "precompile on, new process on that cache (warm)" /tmp/c-on ""
 if [ "${TESTS:-0}" = 1 ] && [ "$(left)" -gt 60 ]; then
-  LAMAMBA_CACHE_DIR=/tmp/c-tests timeout "$(( $(left) - 10 ))" python3 -m pytest -v -m gpu -p no:warnings \
-    -p no:logging --tb=short tests/models/test_compile.py tests/training/test_train_loop.py \
-    tests/sampling/test_sample_cli.py tests/training/test_train_ddp.py 2>&1 \
-    | grep -E "PASS|FAIL|ERROR|Error|assert|passed|failed" | tail -40 > "$OUT/gpu-tests.txt"
-  echo "== GPU tests" >> "$log"; cat "$OUT/gpu-tests.txt" >> "$log"
+  gpu_tests "$(( $(left) - 10 ))" tests/models/test_compile.py tests/training/test_train_loop.py \
+    tests/sampling/test_sample_cli.py tests/training/test_train_ddp.py
+  echo "== GPU tests" >> "$log"; tail -40 "$OUT/gpu-tests.txt" >> "$log"
 fi
 cat "$log"

@@ -13,16 +13,8 @@ BEFORE=${BEFORE:-.carry/base11}
 log=$OUT/log.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee "$log"
 export LAMAMBA_CACHE_DIR=/tmp/cache-profile
-if [ "${TESTS:-0}" = 1 ]; then
-  LAMAMBA_CACHE_DIR=/tmp/cache-tests timeout 260 python3 -m pytest -q -m gpu -p no:warnings -p no:logging --tb=short \
-    tests/ops tests/models tests/sampling/test_sample_cli.py tests/training/test_train_loop.py \
-    tests/training/test_train_ddp.py 2>&1 | tail -25 > "$OUT/gpu-tests.txt"
-fi
-profile() {  # NAME ARGS...: the working tree's benchmarks/profile_step.py, output in $OUT/profile-NAME.txt
-  local name=$1; shift
-  [ "$(left)" -gt 20 ] || { echo "skipped (the call's deadline)" > "$OUT/profile-$name.txt"; return; }
-  timeout "$(left)" python3 benchmarks/profile_step.py --rows 60 "$@" > "$OUT/profile-$name.txt" 2>&1
-}
+[ "${TESTS:-0}" = 1 ] && gpu_tests 260 tests/ops tests/models tests/sampling/test_sample_cli.py \
+  tests/training/test_train_loop.py tests/training/test_train_ddp.py
 (cd "$BEFORE" && PYTHONPATH=src timeout "$(left)" python3 benchmarks/profile_step.py --model LaMamba-Diff-XL \
   --rows 60) > "$OUT/profile-before-eager-XL.txt" 2>&1
 profile eager-XL --model LaMamba-Diff-XL
