@@ -98,6 +98,13 @@ def test_other_commands_bad_input(tmp_path, capsys, tiny_checkpoint, bad_npz, co
     assert not (tmp_path / "out").exists()  # nothing left behind (no empty .shards/)
 
 
+def test_a_bad_compile_thread_count_is_bad_input(capsys, monkeypatch):
+    monkeypatch.setenv("LAMAMBA_COMPILE_THREADS", "many")
+    _one_line_error(capsys, cli.EXIT_USAGE, ["bench", "--model", "LaMamba-Diff-S", "--preset", "fashion-mnist",
+                                             "--device", "cpu", "--precision", "fp32", "--compile", "only"],
+                    "LAMAMBA_COMPILE_THREADS='many'")
+
+
 MODEL_CASES = [
     dict(image_size=0), dict(image_size=-256), dict(image_size="256"), dict(latent_downsample=0),
     dict(num_heads=0), dict(patch_size=0), dict(window_size=0), dict(embed_dim=0), dict(ssm_ratio=0),

@@ -61,9 +61,9 @@ def test_precompile_skips_cpu_tensors_and_can_be_turned_off(monkeypatch):
 def test_the_thread_count_is_checked(monkeypatch):
     monkeypatch.setenv(triton_launch.THREADS_ENV, "many")
     with pytest.raises(ValueError, match="LAMAMBA_COMPILE_THREADS='many'.*0 turns precompiling off"):
-        triton_launch._threads()
+        triton_launch.compile_threads()
     monkeypatch.setenv(triton_launch.THREADS_ENV, "3")
-    assert triton_launch._threads() == 3
+    assert triton_launch.compile_threads() == 3
 
 
 def test_symbolic_shapes_are_left_to_the_launch():

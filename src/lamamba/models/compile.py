@@ -53,6 +53,7 @@ import torch.nn as nn
 from lamamba.models.capture import CapturedForward
 from lamamba.models.dit import DiTBlock
 from lamamba.models.lamamba import LaMambaBlock
+from lamamba.ops.triton_launch import compile_threads
 
 __all__ = ["COMPILED_BLOCKS", "COMPILE_ERRORS", "SAMPLING_COMPILE_MIN_EVALUATIONS", "SCOPES", "cache_counts",
            "compile_error_line", "compile_for_sampling", "compile_model", "describe_cache", "inductor_cache_dir",
@@ -228,6 +229,7 @@ def compile_model(model: nn.Module, net: nn.Module | None = None, *, scope: str 
     """
     if scope not in SCOPES:
         raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    compile_threads()   # a bad LAMAMBA_COMPILE_THREADS is bad input here, not a failed trace later
     _prepare(model)
     if cuda_graphs:
         compile_kwargs["mode"] = "reduce-overhead"
@@ -258,6 +260,7 @@ def compile_for_sampling(model: nn.Module, *, scope: str = "regional", cuda_grap
         return model
     if scope not in SCOPES:
         raise ValueError(f"compile scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    compile_threads()
     _prepare(model)
     compiled = torch.compile(type(model).forward, mode="reduce-overhead", dynamic=False, **compile_kwargs)
 

@@ -24,7 +24,7 @@ from typing import Callable
 
 from torch import Tensor
 
-__all__ = ["launch", "precompile", "precompile_stats", "THREADS_ENV"]
+__all__ = ["launch", "precompile", "precompile_stats", "compile_threads", "THREADS_ENV"]
 
 THREADS_ENV = "LAMAMBA_COMPILE_THREADS"
 _log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def precompile(launcher: Callable, *args) -> None:
     launcher that cannot run on fake tensors leaves its kernels to compile at their launches."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     if (not any(t.device.type == "cuda" for t in tensors) or not all(map(_static, tensors))
-            or _threads() == 0 or _async_mode() is None):
+            or compile_threads() == 0 or _async_mode() is None):
         return
     token = _collecting.set(True)
     try:
@@ -71,7 +71,8 @@ def precompile_stats() -> dict[str, int]:
     return {k: _stats[k] for k in ("submitted", "waited", "at_launch", "launcher_failed")}
 
 
-def _threads() -> int:
+def compile_threads() -> int:
+    """The pool's size from ``LAMAMBA_COMPILE_THREADS`` (ValueError for a value that is not a count)."""
     spec = os.environ.get(THREADS_ENV, "").strip()
     if not spec:
         return min(8, os.cpu_count() or 1)
@@ -88,7 +89,7 @@ def _async_mode():
         except ImportError:
             _mode_holder.append(None)
         else:
-            pool = ThreadPoolExecutor(_threads(), thread_name_prefix="lamamba-triton-compile")
+            pool = ThreadPoolExecutor(compile_threads(), thread_name_prefix="lamamba-triton-compile")
             _mode_holder.append(AsyncCompileMode(pool, ignore_errors=True))
     return _mode_holder[0]
 
