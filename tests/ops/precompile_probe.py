@@ -2,10 +2,14 @@
 stub Triton driver names an sm_90 device, so kernels specialise and compile as on an H100/H200, and nothing
 launches. Prints one JSON line.
 
-1. Every custom op (forward and backward) under fake CUDA tensors, as ``torch.compile`` traces it: which kernel
-   specialisations ``precompile`` submits (Triton's cache hook records them and skips the compile), then the same
-   launches with real tensors of the same layouts (dtype, strides, storage offset: the views a model makes,
-   misaligned ones included) warmed up directly: the two sets of keys must be equal.
+The launchers run on meta tensors (fake CUDA tensors need a CUDA build of PyTorch for views; CI's is a CPU build),
+which ``precompile`` is told to treat as GPU tensors; the device checks are stubbed, and the launch plans are those
+of a 1-SM device (``sm_count`` of a non-CUDA device), the same on both sides of the comparison.
+
+1. Every custom op (forward and backward), called on meta tensors as ``torch.compile``'s trace calls the fake
+   kernels: which kernel specialisations ``precompile`` submits (Triton's cache hook records them and skips the
+   compile), then the same launches with real tensors of the same layouts (dtype, strides, storage offset: the views
+   a model makes, misaligned ones included) warmed up directly: the two sets of keys must be equal.
 2. One kernel really compiled in the pool: the launch that follows waits for it and compiles nothing again.
 """
 from __future__ import annotations
@@ -16,17 +20,17 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from types import SimpleNamespace
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp()            # phase 2 must really compile
 os.environ["LAMAMBA_COMPILE_THREADS"] = "2"
+os.environ["LAMAMBA_SCAN_BACKEND"] = "triton"                  # the 1D scan's Triton route on meta tensors too
+os.environ["LAMAMBA_SS2D_LAUNCH"] = "programs_per_sm=64"         # chunks along the length at 1 SM: both passes
 
 import torch  # noqa: E402
 from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
-from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily  # noqa: E402
 
 
 class StubDriver:
@@ -43,20 +47,24 @@ class StubDriver:
 
 
 driver.set_active(StubDriver())
-torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=132)
 
 from lamamba.ops import triton_launch  # noqa: E402
-from lamamba.ops import gated_norm, selective_scan, triton_adaln, triton_ss2d, triton_window_attention  # noqa: E402,F401
+from lamamba.ops import (gated_norm, selective_scan, triton_adaln, triton_scan, triton_ss2d,  # noqa: E402,F401
+                         triton_window_attention)
+
+triton_launch.DEVICE_TYPES = ("meta",)
+for module in (gated_norm, triton_adaln, triton_scan, triton_ss2d, triton_window_attention):
+    module.check_device = lambda *args: None                    # meta tensors stand for CUDA ones here
 
 
-def cuda(*shape, dtype=torch.bfloat16, grad=True):
-    t = torch.randn(*shape, device="cuda", dtype=dtype)
-    return t.requires_grad_(True) if grad else t
+def cuda(*shape, dtype=torch.bfloat16):
+    """A tensor standing for a CUDA one (meta: shapes, strides and offsets without storage)."""
+    return torch.empty(*shape, device="meta", dtype=dtype)
 
 
 def run_ops():
     """Forward and backward ops of every kernel family at small model-like shapes (bf16 activations, fp32
-    parameters), called directly: fake CUDA tensors cannot go through the autograd engine without a GPU."""
+    parameters), each called directly (as the trace calls their fake kernels)."""
     f32 = dict(dtype=torch.float32)
     b, H, W, d, N, K = 2, 8, 8, 40, 1, 4                       # d = 40: rows of 80 bytes, misaligned slices
     L = H * W
@@ -88,12 +96,11 @@ def run_ops():
 
 
 def real_like(t):
-    """A CPU tensor with a fake one's dtype, shape, strides and storage offset (its own storage, so aligned alike)."""
+    """A CPU tensor with a meta one's dtype, shape, strides and storage offset (its own storage, so aligned alike)."""
     if not isinstance(t, torch.Tensor):
         return t
-    with unset_fake_temporarily():
-        storage = torch.empty(t.untyped_storage().nbytes() // t.element_size() + 1, dtype=t.dtype, device="cpu")
-        return storage.as_strided(t.shape, t.stride(), t.storage_offset())
+    storage = torch.empty(t.untyped_storage().nbytes() // t.element_size() + 1, dtype=t.dtype, device="cpu")
+    return storage.as_strided(t.shape, t.stride(), t.storage_offset())
 
 
 def phase_keys():
@@ -105,15 +112,13 @@ def phase_keys():
         return True                                             # skip the compile
 
     knobs.runtime.jit_cache_hook = record
-    with FakeTensorMode():
-        run_ops()
+    run_ops()
     submitted = triton_launch.precompile_stats()
     side[0] = "real"
     original = triton_launch._submit
     triton_launch._submit = lambda kernel, grid, args, meta: kernel.warmup(*map(real_like, args), grid=grid, **meta)
     try:
-        with FakeTensorMode():
-            run_ops()
+        run_ops()
     finally:
         triton_launch._submit = original
         knobs.runtime.jit_cache_hook = None
@@ -121,7 +126,7 @@ def phase_keys():
 
 
 def phase_compile():
-    """gated_norm's forward: compiled in the pool during the fake trace, then its real launch settled."""
+    """gated_norm's forward: compiled in the pool from its fake kernel, then its real launch settled."""
     captured = []
     original = triton_launch._submit
 
@@ -136,12 +141,10 @@ def phase_compile():
     kernel.compile = lambda *a, **k: compiles.append(1) or compile_fn(*a, **k)
     before = triton_launch.precompile_stats()["submitted"]
     try:
-        with FakeTensorMode():
-            d = 40
-            xz = cuda(2, 64, 2 * d, grad=False)
-            torch.ops.lamamba.gated_norm_fwd(cuda(2, 64, 4, d, grad=False), xz[..., d:],
-                                             cuda(d, dtype=torch.float32, grad=False),
-                                             cuda(d, dtype=torch.float32, grad=False), 1e-5, torch.bfloat16, False)
+        d = 40
+        xz = cuda(2, 64, 2 * d)
+        torch.ops.lamamba.gated_norm_fwd(cuda(2, 64, 4, d), xz[..., d:], cuda(d, dtype=torch.float32),
+                                         cuda(d, dtype=torch.float32), 1e-5, torch.bfloat16, False)
     finally:
         triton_launch._submit = original
     submitted = triton_launch.precompile_stats()["submitted"] - before

@@ -1,7 +1,8 @@
 """Kernel compiles moved into a thread pool while torch.compile traces (``lamamba.ops.triton_launch``).
 
 The probe (``precompile_probe.py``) runs in a fresh process with compiled Triton against a stub sm_90 driver: no GPU
-is needed to see which kernels a fake-tensor trace submits and whether they are the ones real tensors would launch.
+is needed to see which kernels the fake kernels submit (on meta tensors standing for CUDA ones) and whether they are
+the ones real tensors of the same layouts would launch.
 The GPU check that a compiled training step compiles nothing in the main thread is in
 ``tests/models/test_compile.py::test_cuda_graph_training_follows_eager``.
 """
@@ -34,9 +35,9 @@ def probe():
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_a_fake_trace_submits_exactly_the_kernels_real_tensors_launch(probe):
+def test_the_fake_kernels_submit_exactly_the_kernels_real_tensors_launch(probe):
     """Every kernel family, forward and backward, with misaligned views (SS2D's B and C, AdaLN's modulation slices,
-    the gate's half of the in-projection): the specialisations submitted from fake tensors are the real ones."""
+    the gate's half of the in-projection): the specialisations submitted from the fake kernels are the real ones."""
     fake, real = probe["keys"]["fake"], probe["keys"]["real"]
     assert set(fake) == FAMILIES
     assert fake == real

@@ -27,6 +27,7 @@ from torch import Tensor
 __all__ = ["launch", "precompile", "precompile_stats", "compile_threads", "THREADS_ENV"]
 
 THREADS_ENV = "LAMAMBA_COMPILE_THREADS"
+DEVICE_TYPES = ("cuda",)   # tensors whose launches compile for a GPU (tests/ops/precompile_probe.py adds "meta")
 _log = logging.getLogger(__name__)
 _collecting: ContextVar[bool] = ContextVar("lamamba_precompiling", default=False)
 _pending: list = []      # FutureKernels submitted and not yet finalized (Triton 3.6 adds them to its cache then)
@@ -50,7 +51,7 @@ def precompile(launcher: Callable, *args) -> None:
     shapes (a dynamic-shape trace: the launch plans need integers), and when turned off. Never fails the trace: a
     launcher that cannot run on fake tensors leaves its kernels to compile at their launches."""
     tensors = [a for a in args if isinstance(a, Tensor)]
-    if (not any(t.device.type == "cuda" for t in tensors) or not all(map(_static, tensors))
+    if (not any(t.device.type in DEVICE_TYPES for t in tensors) or not all(map(_static, tensors))
             or compile_threads() == 0 or _async_mode() is None):
         return
     token = _collecting.set(True)
