@@ -6,8 +6,8 @@
 # what is left of the call (DEADLINE_S). Output in $OUT.
 #   MODEL=XL (256 px, batch 64; default) or MODEL=S (the fashion-mnist preset, 32 px, batch 128)
 #   ORDER="on off" (default) or "off on": which cold run goes first
-#   BREAKDOWN=1: first, benchmarks/compile_breakdown.py on LaMamba-Diff-XL (256 px, batch 64) in an empty cache: the
-#   first steps timed and PyTorch's per-phase compile timers
+#   BREAKDOWN=1: first, benchmarks/warm_start_profile.py --no-cprofile on LaMamba-Diff-XL (256 px, batch 64) in an
+#   empty cache: the first calls timed and PyTorch's per-phase compile timers
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 source "$(dirname "$0")/experiment_variants.sh"   # left()
@@ -26,7 +26,8 @@ bench() {  # LABEL CACHE THREADS: lamamba bench in lamamba train's GPU default (
 }
 if [ "${BREAKDOWN:-0}" = 1 ]; then
   echo "== compile breakdown, LaMamba-Diff-XL 256 px batch 64, cold" >> "$log"
-  LAMAMBA_CACHE_DIR=/tmp/c-breakdown timeout "$(left)" python3 benchmarks/compile_breakdown.py 2>&1 \
+  LAMAMBA_CACHE_DIR=/tmp/c-breakdown timeout "$(left)" python3 benchmarks/warm_start_profile.py \
+    --model LaMamba-Diff-XL --preset imagenet --compile-scope regional --no-cprofile 2>&1 \
     | grep -v Warning > "$OUT/breakdown-XL.txt"
   grep -v "^ *warn" "$OUT/breakdown-XL.txt" | head -60 >> "$log"
 fi
