@@ -167,11 +167,17 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 _scan_fwd = torch.library.custom_op("lamamba::selective_scan_fwd", _scan_fwd_impl, mutates_args=())
 
 
+def _precompile(launcher: str, *args) -> None:
+    """From a fake kernel: ``triton_scan.<launcher>``'s kernels compiled in the background when the Triton route
+    will run (``lamamba.ops.triton_launch.precompile``)."""
+    if scan_backend(args[0].device) == "triton":
+        from lamamba.ops import triton_scan
+        precompile(getattr(triton_scan, launcher), *args)
+
+
 @_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    if scan_backend(u.device) == "triton":
-        from lamamba.ops import triton_scan
-        precompile(triton_scan.selective_scan_fwd, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    _precompile("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     dtype = torch.promote_types(u.dtype, torch.float32)
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dtype)
 
@@ -187,9 +193,7 @@ def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
 
 @_scan_bwd.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    if scan_backend(u.device) == "triton":
-        from lamamba.ops import triton_scan
-        precompile(triton_scan.selective_scan_bwd, dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    _precompile("selective_scan_bwd", dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return [u.new_empty(0) if x is None else torch.empty_like(x) for x in (u, delta, A, B, C, D, z, delta_bias)]
 
 

@@ -15,6 +15,7 @@ Only the thread that launches touches Triton's kernel caches; the pool's threads
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import Counter
@@ -32,7 +33,6 @@ _log = logging.getLogger(__name__)
 _collecting: ContextVar[bool] = ContextVar("lamamba_precompiling", default=False)
 _pending: list = []      # FutureKernels submitted and not yet finalized (Triton 3.6 adds them to its cache then)
 _stats: Counter = Counter()
-_mode_holder: list = []  # the one AsyncCompileMode, made at the first precompile
 
 
 def launch(kernel, grid, *args, **meta) -> None:
@@ -82,17 +82,16 @@ def compile_threads() -> int:
     return int(spec)
 
 
+@functools.lru_cache(maxsize=None)
 def _async_mode():
-    """Triton's ``AsyncCompileMode`` over this module's pool (None for a Triton without it, before 3.4)."""
-    if not _mode_holder:
-        try:
-            from triton.runtime._async_compile import AsyncCompileMode
-        except ImportError:
-            _mode_holder.append(None)
-        else:
-            pool = ThreadPoolExecutor(compile_threads(), thread_name_prefix="lamamba-triton-compile")
-            _mode_holder.append(AsyncCompileMode(pool, ignore_errors=True))
-    return _mode_holder[0]
+    """Triton's ``AsyncCompileMode`` over this module's pool, made at the first precompile (None for a Triton
+    without it, before 3.4)."""
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:
+        return None
+    pool = ThreadPoolExecutor(compile_threads(), thread_name_prefix="lamamba-triton-compile")
+    return AsyncCompileMode(pool, ignore_errors=True)
 
 
 def _static(t: Tensor) -> bool:
